@@ -1,0 +1,21 @@
+"""Transfer learning on small image datasets with PyTorch Lightning, and a look at what it learned."""
+
+from lightning_transfer.backbones import Backbone, BackboneSpec, available_backbones, create_backbone, get_spec
+from lightning_transfer.checkpoint import load_model, read_checkpoint
+from lightning_transfer.data import ImageFolderDataModule
+from lightning_transfer.errors import UserError, WeightsUnavailableError
+from lightning_transfer.model import TransferClassifier
+
+__all__ = [
+    "Backbone",
+    "BackboneSpec",
+    "ImageFolderDataModule",
+    "TransferClassifier",
+    "UserError",
+    "WeightsUnavailableError",
+    "available_backbones",
+    "create_backbone",
+    "get_spec",
+    "load_model",
+    "read_checkpoint",
+]

@@ -1,0 +1,222 @@
+"""Image folders -> datasets -> loaders: ``root/{train,val,test}/<class>/*.jpg``.
+
+Class names come from ``train/``; every other split must have the same classes. Images are
+decoded to RGB (EXIF orientation applied), squashed to ``image_size`` like Keras' ``target_size``,
+augmented as uint8 tensors when asked, then normalized with the backbone's own preprocessing.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from lightning import LightningDataModule
+from PIL import Image, ImageOps
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from lightning_transfer.backbones import Preprocessing, get_spec
+from lightning_transfer.errors import UserError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+SPLITS = ("train", "val", "test")
+
+Sample = tuple[Path, int]
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Decode any PIL-readable image as RGB with its EXIF orientation applied."""
+    try:
+        with Image.open(path) as image:
+            image = ImageOps.exif_transpose(image)
+            return image.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise UserError(f"cannot read image {str(path)!r}: {err}") from None
+
+
+def is_image_file(path: Path) -> bool:
+    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def class_names_of(split_dir: str | Path) -> list[str]:
+    """Sorted sub-folder names of a split folder (hidden folders ignored)."""
+    split_dir = Path(split_dir)
+    if not split_dir.is_dir():
+        raise UserError(
+            f"{str(split_dir)!r} is not a folder; the data root needs train/ and val/ (and optionally "
+            "test/), each with one sub-folder per class"
+        )
+    names = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not names:
+        raise UserError(f"{str(split_dir)!r} has no class sub-folders (e.g. {split_dir}/cat/*.jpg)")
+    return names
+
+
+def list_images(split_dir: Path, class_names: Sequence[str], max_per_class: int | None = None) -> list[Sample]:
+    """(path, label) pairs of a split, checking it has exactly the expected classes."""
+    found = class_names_of(split_dir)
+    if found != list(class_names):
+        raise UserError(
+            f"{str(split_dir)!r} has classes {found} but train/ has {list(class_names)}; "
+            "every split needs the same class folders"
+        )
+    samples: list[Sample] = []
+    for label, name in enumerate(class_names):
+        files = sorted(p for p in (split_dir / name).rglob("*") if is_image_file(p))
+        if not files:
+            raise UserError(f"class folder {str(split_dir / name)!r} holds no images")
+        samples.extend((path, label) for path in files[:max_per_class])
+    return samples
+
+
+def list_predict_images(path: str | Path) -> list[Path]:
+    """One image file, or every image under a folder (recursively), sorted."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if is_image_file(p))
+        if files:
+            return files
+        raise UserError(f"no images found under {str(path)!r}")
+    raise UserError(f"{str(path)!r} does not exist; pass an image file or a folder of images")
+
+
+def augmentation() -> v2.Compose:
+    """The book's ImageDataGenerator settings as torchvision v2 transforms on uint8 tensors.
+
+    rotation 40 deg, width/height shift 0.2, shear 0.2 rad, zoom 0.2, horizontal flip.
+    """
+    return v2.Compose(
+        [
+            v2.RandomAffine(
+                degrees=40, translate=(0.2, 0.2), scale=(0.8, 1.2), shear=math.degrees(0.2)
+            ),
+            v2.RandomHorizontalFlip(),
+        ]
+    )
+
+
+class ImageFiles(Dataset):
+    """Image files with optional labels; yields dicts so images, labels and paths stay together."""
+
+    def __init__(self, paths: Sequence[Path], labels: Sequence[int] | None, transform: Callable) -> None:
+        self.paths = list(paths)
+        self.labels = list(labels) if labels is not None else None
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict:
+        item = {"image": self.transform(load_rgb(self.paths[index])), "path": str(self.paths[index])}
+        if self.labels is not None:
+            item["label"] = self.labels[index]
+        return item
+
+
+def default_num_workers() -> int:
+    return min(4, os.cpu_count() or 1)
+
+
+class ImageFolderDataModule(LightningDataModule):
+    """Loaders for ``root/{train,val,test}/<class>/`` image folders.
+
+    Args:
+        root: folder holding ``train/``, ``val/`` and optionally ``test/``.
+        image_size: square input size (150 for VGG16 as in the book, 224 for EfficientNet).
+        augment: apply the book's augmentation to training images every epoch.
+        batch_size: images per batch.
+        num_workers: loader processes; default min(4, CPU count).
+        backbone: whose preprocessing (mean/std, resize filter) to apply; linked from the model.
+        max_images_per_class: use only the first N images of each class per split (quick runs).
+        predict_path: image file or folder for ``lightning-transfer predict``.
+    """
+
+    def __init__(
+        self,
+        root: str | None = None,
+        image_size: int = 150,
+        augment: bool = False,
+        batch_size: int = 32,
+        num_workers: int | None = None,
+        backbone: str = "vgg16",
+        max_images_per_class: int | None = None,
+        predict_path: str | None = None,
+    ) -> None:
+        super().__init__()
+        if image_size < 32:
+            raise UserError(f"image_size={image_size} is too small; use at least 32 pixels")
+        self.root = Path(root).expanduser() if root is not None else None
+        self.image_size = image_size
+        self.augment = augment
+        self.batch_size = batch_size
+        self.num_workers = default_num_workers() if num_workers is None else num_workers
+        self.preprocessing: Preprocessing = get_spec(backbone).preprocessing
+        self.max_images_per_class = max_images_per_class
+        self.predict_path = predict_path
+        self.datasets: dict[str, ImageFiles] = {}
+
+    @property
+    def class_names(self) -> list[str]:
+        return class_names_of(self._require_root() / "train")
+
+    def _require_root(self) -> Path:
+        if self.root is None:
+            raise UserError("no data root given; pass --data.root DIR (a folder with train/ and val/)")
+        if not self.root.is_dir():
+            raise UserError(f"data root {str(self.root)!r} does not exist; pass --data.root DIR")
+        return self.root
+
+    def transform(self, train: bool) -> v2.Compose:
+        return self.preprocessing.transform(self.image_size, augmentation() if train and self.augment else None)
+
+    def split_samples(self, split: str) -> list[Sample]:
+        root = self._require_root()
+        return list_images(root / split, self.class_names, self.max_images_per_class)
+
+    def _labelled(self, split: str) -> ImageFiles:
+        samples = self.split_samples(split)
+        paths, labels = zip(*samples)
+        return ImageFiles(paths, labels, self.transform(train=split == "train"))
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            self.datasets["train"] = self._labelled("train")
+            self.datasets["val"] = self._labelled("val")
+        elif stage == "validate":
+            self.datasets["val"] = self._labelled("val")
+        elif stage == "test":
+            if not (self._require_root() / "test").is_dir():
+                raise UserError(f"{str(self.root / 'test')!r} does not exist; nothing to test on")
+            self.datasets["test"] = self._labelled("test")
+        elif stage == "predict":
+            if self.predict_path is None:
+                raise UserError("nothing to predict; pass --data.predict_path IMAGE_OR_FOLDER")
+            paths = list_predict_images(self.predict_path)
+            self.datasets["predict"] = ImageFiles(paths, None, self.transform(train=False))
+
+    def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict")

@@ -1,0 +1,155 @@
+"""TransferClassifier: pretrained conv base + small dense head, one LightningModule for every recipe.
+
+Its hyperparameters (backbone name, image size, class names, head shape) are everything needed to
+rebuild it, so one checkpoint drives fit, test, predict, visualize and the demo.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from lightning import LightningModule
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torchmetrics.classification import MulticlassAccuracy
+
+from lightning_transfer.backbones import create_backbone
+from lightning_transfer.errors import UserError
+
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "rmsprop": torch.optim.RMSprop,
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "sgd": torch.optim.SGD,
+}
+
+
+def make_head(
+    feature_shape: tuple[int, int, int], num_classes: int, hidden: int, dropout: float, pool: str
+) -> nn.Sequential:
+    """The book's head: Flatten -> Dense(hidden, relu) -> Dropout -> Dense(classes).
+
+    ``pool="avg"`` averages the feature map first, which keeps the head small for big maps.
+    """
+    channels, height, width = feature_shape
+    if pool == "flatten":
+        reduce, in_features = nn.Flatten(1), channels * height * width
+    else:
+        reduce, in_features = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1)), channels
+    return nn.Sequential(
+        reduce,
+        nn.Linear(in_features, hidden),
+        nn.ReLU(),
+        nn.Dropout(dropout),
+        nn.Linear(hidden, num_classes),
+    )
+
+
+def set_trainable(module: nn.Module, trainable: bool) -> None:
+    for parameter in module.parameters():
+        parameter.requires_grad = trainable
+
+
+class TransferClassifier(LightningModule):
+    """Image classifier = pretrained backbone (frozen by default) + dense head.
+
+    Args:
+        backbone: registry name (``vgg16``, ``efficientnet_lite0``).
+        weights: ``imagenet``, ``none`` (random init) or a state-dict file (.pth/.pt/.safetensors).
+        num_classes: number of output classes; set from the data by the CLI.
+        class_names: label of each output, stored in the checkpoint; set from the data by the CLI.
+        image_size: square input size; fixes the head's input for ``pool="flatten"``.
+        head_hidden: width of the dense layer.
+        dropout: dropout before the last layer.
+        pool: ``flatten`` (the book) or ``avg`` (global average pooling).
+        freeze_backbone: train only the head (feature extraction).
+        optimizer: ``rmsprop`` (the book), ``adam``, ``adamw`` or ``sgd``.
+        lr: learning rate of the head (the book: 2e-5).
+        weight_decay: optimizer weight decay.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "vgg16",
+        weights: str = "imagenet",
+        num_classes: int = 2,
+        class_names: list[str] | None = None,
+        image_size: int = 150,
+        head_hidden: int = 256,
+        dropout: float = 0.5,
+        pool: Literal["flatten", "avg"] = "flatten",
+        freeze_backbone: bool = True,
+        optimizer: Literal["rmsprop", "adam", "adamw", "sgd"] = "rmsprop",
+        lr: float = 2e-5,
+        weight_decay: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if class_names is None:
+            class_names = [f"class_{index}" for index in range(num_classes)]
+        if len(class_names) != num_classes:
+            raise UserError(f"num_classes={num_classes} but {len(class_names)} class names: {class_names}")
+        if num_classes < 2:
+            raise UserError(f"num_classes={num_classes}; a classifier needs at least 2 classes")
+        self.save_hyperparameters()
+        self.class_names = list(class_names)
+        self.backbone = create_backbone(backbone, weights)
+        self.head = make_head(self.backbone.output_shape(image_size), num_classes, head_hidden, dropout, pool)
+        if freeze_backbone:
+            set_trainable(self.backbone, False)
+        self.loss = nn.CrossEntropyLoss()
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+
+    @property
+    def preprocessing(self):
+        """The backbone's preprocessing: how raw images must be turned into ``forward`` input."""
+        return self.backbone.spec.preprocessing
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalized images (N, 3, H, W) -> logits (N, num_classes)."""
+        return self.head(self.backbone(images))
+
+    def train(self, mode: bool = True) -> TransferClassifier:
+        """Frozen BatchNorm layers stay in eval mode, so their ImageNet statistics are kept."""
+        super().train(mode)
+        if mode:
+            for module in self.backbone.modules():
+                if isinstance(module, _BatchNorm) and not any(p.requires_grad for p in module.parameters()):
+                    module.eval()
+        return self
+
+    def logits(self, batch: dict) -> torch.Tensor:
+        """Batches carry either images or precomputed backbone features (fast feature extraction)."""
+        if "features" in batch:
+            return self.head(batch["features"])
+        return self(batch["image"])
+
+    def _step(self, batch: dict, stage: str, accuracy: MulticlassAccuracy) -> torch.Tensor:
+        logits = self.logits(batch)
+        loss = self.loss(logits, batch["label"])
+        accuracy(logits, batch["label"])
+        batch_size = len(batch["label"])
+        self.log(f"{stage}_loss", loss, prog_bar=True, on_epoch=True, on_step=False, batch_size=batch_size)
+        self.log(f"{stage}_acc", accuracy, prog_bar=True, on_epoch=True, on_step=False, batch_size=batch_size)
+        return loss
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train", self.train_acc)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._step(batch, "val", self.val_acc)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._step(batch, "test", self.test_acc)
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        return {"path": batch["path"], "probabilities": self.logits(batch).softmax(dim=1)}
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        if not trainable:
+            raise UserError("nothing to train: every parameter is frozen")
+        optimizer = OPTIMIZERS[self.hparams.optimizer]
+        return optimizer(trainable, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
