@@ -120,6 +120,10 @@ class TransferClassifier(LightningModule):
                     module.eval()
         return self
 
+    def on_train_epoch_start(self) -> None:
+        """Lightning never calls ``train()`` itself, and stages may have unfrozen blocks: re-apply."""
+        self.train()
+
     def logits(self, batch: dict) -> torch.Tensor:
         """Batches carry either images or precomputed backbone features (fast feature extraction)."""
         if "features" in batch:
