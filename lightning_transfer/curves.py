@@ -11,14 +11,11 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
+from lightning import Callback, LightningModule, Trainer
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-from lightning import Callback, LightningModule, Trainer  # noqa: E402
-
-from lightning_transfer.errors import UserError  # noqa: E402
+from lightning_transfer.errors import UserError
+from lightning_transfer.figures import new_figure, save_figure
 
 PANELS = (("acc", "accuracy"), ("loss", "loss"))
 METRICS = tuple(f"{stage}_{name}" for name, _ in PANELS for stage in ("train", "val"))
@@ -43,7 +40,8 @@ def smooth(values: Sequence[float], factor: float) -> list[float]:
 def plot_curves(history: Sequence[dict[str, float]], path: Path, smoothing: float = 0.0) -> Path:
     """Draw accuracy and loss panels (train as dots, val as a line, as in the book) to ``path``."""
     epochs = [int(row["epoch"]) + 1 for row in history]
-    figure, axes = plt.subplots(1, len(PANELS), figsize=(10, 4), dpi=80)
+    figure = new_figure(10, 4)
+    axes = figure.subplots(1, len(PANELS))
     for axis, (name, title) in zip(axes, PANELS):
         for stage, style in (("train", "bo"), ("val", "b-")):
             values = [row.get(f"{stage}_{name}", math.nan) for row in history]
@@ -55,11 +53,7 @@ def plot_curves(history: Sequence[dict[str, float]], path: Path, smoothing: floa
         axis.set_xlabel("epoch")
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.legend()
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 class TrainingCurves(Callback):

@@ -29,9 +29,10 @@ def at_least(minimum: int) -> Callable[[str], int]:
 
 
 def run_prepare(args: argparse.Namespace) -> None:
-    counts = prepare_split(args.source, args.out, {"train": args.train, "val": args.val, "test": args.test}, args.overwrite)
+    counts = {"train": args.train, "val": args.val, "test": args.test}
+    written = prepare_split(args.source, args.out, counts, args.overwrite)
     print(f"wrote {args.out}:")
-    for split, classes in counts.items():
+    for split, classes in written.items():
         print(f"  {split}: " + ", ".join(f"{label} {n}" for label, n in classes.items()))
 
 
@@ -55,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--out", type=Path, required=True, help="dataset folder to create")
     prepare.add_argument("--train", type=at_least(1), default=1000, help="images per class for train/ (default 1000)")
     prepare.add_argument("--val", type=at_least(1), default=500, help="next images per class for val/ (default 500)")
-    prepare.add_argument("--test", type=at_least(0), default=500, help="next images per class for test/ (default 500; 0: none)")
+    prepare.add_argument(
+        "--test", type=at_least(0), default=500, help="next images per class for test/ (default 500; 0: none)"
+    )
     prepare.add_argument("--overwrite", action="store_true", help="replace train/ val/ test/ in a non-empty --out")
     prepare.set_defaults(run=run_prepare)
 

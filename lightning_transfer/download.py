@@ -44,6 +44,7 @@ def fetch(url: str, dest: Path, timeout: float = 30.0) -> Path:
                 offset = 0
             length = response.headers.get("Content-Length")
             total = offset + int(length) if length is not None else None
+            part.parent.mkdir(parents=True, exist_ok=True)
             with part.open("ab" if offset else "wb") as handle, tqdm(
                 total=total, initial=offset, unit="B", unit_scale=True, desc=f"downloading {dest.name}"
             ) as progress:
@@ -57,26 +58,29 @@ def fetch(url: str, dest: Path, timeout: float = 30.0) -> Path:
         raise UserError(f"cannot download {url}: HTTP {err.code} {err.reason}") from None
     except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
         reason = getattr(err, "reason", None) or err
-        kept = f"; {part.stat().st_size} bytes kept in {part}, run again to resume" if part.is_file() else ""
-        raise UserError(f"cannot download {url}: {reason} (offline? pass --url or a local copy){kept}") from None
+        if part.is_file():
+            advice = f"{part.stat().st_size} bytes are kept in {part}; run again to resume"
+        else:
+            advice = "offline? pass --url to a reachable copy, e.g. file:///path/to/archive.zip"
+        raise UserError(f"cannot download {url}: {reason} ({advice})") from None
     if total is not None and part.stat().st_size != total:
         raise UserError(f"download of {url} stopped at {part.stat().st_size} of {total} bytes; run again to resume")
     os.replace(part, dest)
     return dest
 
 
-def find_dataset_root(folder: Path) -> Path:
+def find_dataset_root(folder: Path) -> Path | None:
     """The extracted folder holding ``train/``: the top level or one folder down."""
     for candidate in [folder, *sorted(p for p in folder.iterdir() if p.is_dir())]:
         if (candidate / "train").is_dir():
             return candidate
-    raise UserError(f"the archive has no train/ folder (at the top or one folder down) in {str(folder)!r}")
+    return None
 
 
 def check_layout(root: Path) -> dict[str, int]:
     """Check ``root/{train,val[,test]}/<class>/`` holds images with the same classes; count them."""
     if not (root / "val").is_dir():
-        raise UserError(f"{str(root)!r} has train/ but no val/ (or validation/) folder")
+        raise UserError("it has train/ but no val/ (or validation/) folder")
     class_names = class_names_of(root / "train")
     return {split: len(list_images(root / split, class_names)) for split in SPLITS if (root / split).is_dir()}
 
@@ -88,26 +92,32 @@ def extract_dataset(archive: Path, out: Path, overwrite: bool = False) -> dict[s
             with zipfile.ZipFile(archive) as zipped:
                 zipped.extractall(extracted)
         except zipfile.BadZipFile as err:
-            raise UserError(f"{str(archive)!r} is not a valid zip archive ({err}); delete it and download again") from None
+            raise UserError(f"{str(archive)!r} is not a zip archive ({err}); delete it and download again") from None
         root = find_dataset_root(Path(extracted))
+        if root is None:
+            raise UserError(f"{str(archive)!r} has no train/ folder (at the top or one folder down)")
         with staged_output(out, overwrite) as stage:
             for entry in root.iterdir():
                 if entry.is_dir() and entry.name in SPLIT_ALIASES:
                     entry.rename(stage / SPLIT_ALIASES[entry.name])
-            return check_layout(stage)
+            try:
+                return check_layout(stage)
+            except UserError as err:
+                raise UserError(f"{str(archive)!r} is not an image-folder dataset: {err}") from None
 
 
 def download_dataset(url: str, out: Path, overwrite: bool = False, keep_archive: bool = False) -> dict[str, int]:
     """Download the zip at ``url`` next to ``out``, extract it into ``out``; image counts per split."""
     out = out.expanduser()
     check_output_dir(out, overwrite)  # before spending time on the download
-    out.parent.mkdir(parents=True, exist_ok=True)
-    name = Path(urlparse(url).path).name or "dataset.zip"
-    archive = fetch(url, out.parent / name)
-    counts = extract_dataset(archive, out, overwrite)
-    if not keep_archive:
-        archive.unlink()
-    return counts
+    archive = out.parent / (Path(urlparse(url).path).name or "dataset.zip")
+    downloaded_now = not archive.is_file()  # an archive that was already there is never deleted
+    fetch(url, archive)
+    try:
+        return extract_dataset(archive, out, overwrite)
+    finally:
+        if downloaded_now and not keep_archive:
+            archive.unlink()
 
 
 def describe_counts(counts: dict[str, int]) -> str:

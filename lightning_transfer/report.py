@@ -11,13 +11,9 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
-import torch  # noqa: E402
-from lightning import Callback, LightningModule, Trainer  # noqa: E402
-from torchmetrics.functional.classification import (  # noqa: E402
+import torch
+from lightning import Callback, LightningModule, Trainer
+from torchmetrics.functional.classification import (
     binary_auroc,
     multiclass_accuracy,
     multiclass_confusion_matrix,
@@ -25,6 +21,8 @@ from torchmetrics.functional.classification import (  # noqa: E402
     multiclass_precision,
     multiclass_recall,
 )
+
+from lightning_transfer.figures import new_figure, save_figure
 
 
 def classification_report(probabilities: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str]) -> dict:
@@ -71,7 +69,8 @@ def markdown_table(report: dict) -> str:
 def plot_confusion_matrix(confusion: Sequence[Sequence[int]], class_names: Sequence[str], path: Path) -> Path:
     """Counts per (true, predicted) class, annotated, rows = true class."""
     size = 1.2 + 0.8 * len(class_names)
-    figure, axis = plt.subplots(figsize=(size + 1, size), dpi=80)
+    figure = new_figure(size + 1, size)
+    axis = figure.subplots()
     image = axis.imshow(confusion, cmap="Blues")
     peak = max(max(row) for row in confusion) or 1
     for row, counts in enumerate(confusion):
@@ -85,11 +84,7 @@ def plot_confusion_matrix(confusion: Sequence[Sequence[int]], class_names: Seque
     axis.set_ylabel("true")
     axis.set_title("Confusion matrix (test)")
     figure.colorbar(image, ax=axis)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 class TestReport(Callback):

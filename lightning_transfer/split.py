@@ -62,7 +62,8 @@ def kaggle_images(source: ImageSource) -> dict[str, list[str]]:
             continue
         label, image_id = match["label"].lower(), int(match["id"])
         if image_id in by_label[label]:
-            raise UserError(f"{label} image id {image_id} appears twice in --source: {by_label[label][image_id]!r} and {member!r}")
+            first = by_label[label][image_id]
+            raise UserError(f"{label} image id {image_id} appears twice in --source: {first!r} and {member!r}")
         by_label[label][image_id] = member
     return {label: [ids[i] for i in sorted(ids)] for label, ids in sorted(by_label.items())}
 
@@ -91,7 +92,9 @@ def plan_split(images: dict[str, list[str]], counts: dict[str, int]) -> dict[str
     return plan
 
 
-def prepare_split(source: Path, out: Path, counts: dict[str, int], overwrite: bool = False) -> dict[str, dict[str, int]]:
+def prepare_split(
+    source: Path, out: Path, counts: dict[str, int], overwrite: bool = False
+) -> dict[str, dict[str, int]]:
     """Copy the book's split of ``source`` into ``out/{train,val,test}/<class>/``; counts written."""
     source, out = source.expanduser(), out.expanduser()
     if not source.exists():

@@ -205,11 +205,30 @@ def test_download_starts_over_when_the_server_ignores_range(server: ArchiveServe
     assert_filtered_layout(tmp_path / "filtered")
 
 
+def test_download_reuses_and_keeps_an_archive_already_there(server: ArchiveServer, tmp_path: Path) -> None:
+    (tmp_path / "cats_and_dogs_filtered.zip").write_bytes(server.payload)  # e.g. fetched by a browser
+    cli("download", "--url", server.url, "--out", str(tmp_path / "filtered"))
+    assert server.range_headers == []  # nothing requested
+    assert (tmp_path / "cats_and_dogs_filtered.zip").read_bytes() == server.payload
+    assert_filtered_layout(tmp_path / "filtered")
+
+
+def test_download_checks_the_layout_before_writing_out(server: ArchiveServer, tmp_path: Path) -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zipped:
+        zipped.writestr("photos/train/cats/cat.0.jpg", jpeg_bytes())  # no val/ or validation/
+    server.payload = buffer.getvalue()
+    with pytest.raises(SystemExit) as failed:
+        cli("download", "--url", server.url, "--out", str(tmp_path / "filtered"))
+    assert "is not an image-folder dataset: it has train/ but no val/" in str(failed.value.code)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no out, no staging folder, no archive
+
+
 def test_download_offline_is_one_line(tmp_path: Path) -> None:
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    result = run_cli("data", "download", "--url", f"http://127.0.0.1:{port}/x.zip", "--out", "data", cwd=tmp_path)
+    result = run_cli("data", "download", "--url", f"http://127.0.0.1:{port}/x.zip", "--out", "data/x", cwd=tmp_path)
     assert result.returncode != 0
     assert result.stderr.strip().startswith("error: cannot download") and "refused" in result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
@@ -240,7 +259,7 @@ def test_fit_downloads_a_missing_root_from_data_url(server: ArchiveServer, tmp_p
 # ---------------------------------------------------------------- summary
 
 
-def test_summary_counts_sizes_and_bad_files(tmp_path: Path) -> None:
+def test_summary_counts_sizes_and_bad_files(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     root = tmp_path / "data"
     for split, count in (("train", 3), ("val", 1)):
         for label in ("cat", "dog"):
@@ -250,10 +269,9 @@ def test_summary_counts_sizes_and_bad_files(tmp_path: Path) -> None:
                 (root / split / label / f"{index}.jpg").write_bytes(jpeg_bytes(size))
     (root / "train" / "dog" / "broken.jpg").write_bytes(b"not a jpeg")
     (root / "val" / "cat" / "labels.txt").write_text("x")
-    result = run_cli("data", "summary", str(root), cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    assert lines[:3] == ["split  cat  dog  total", "train  3    3    6", "val    1    1    2"]
-    assert "image size (width x height): min 8x6, median 14x8, max 20x10" in result.stdout
-    assert "other files (not images, ignored): 1" in result.stdout
-    assert "bad files (cannot be read as images): 1" in result.stdout and "broken.jpg" in result.stdout
+    cli("summary", str(root))
+    printed = capsys.readouterr().out
+    assert printed.splitlines()[:3] == ["split  cat  dog  total", "train  3    3    6", "val    1    1    2"]
+    assert "image size (width x height): min 8x6, median 14x8, max 20x10" in printed
+    assert "other files (not images, ignored): 1" in printed
+    assert "bad files (cannot be read as images): 1" in printed and "broken.jpg" in printed
