@@ -81,9 +81,11 @@ class TrainingCurves(Callback):
         row = {"epoch": float(trainer.current_epoch)}
         row.update({key: float(trainer.callback_metrics[key]) for key in METRICS if key in trainer.callback_metrics})
         self.history.append(row)
+        path = self.path(trainer)  # on every process: trainer.log_dir is a collective call
         if trainer.is_global_zero:
-            plot_curves(self.history, self.path(trainer), self.smoothing)
+            plot_curves(self.history, path, self.smoothing)
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        path = self.path(trainer)
         if trainer.is_global_zero and self.history:
-            print(f"wrote training curves to {self.path(trainer)}")
+            print(f"wrote training curves to {path}")

@@ -117,11 +117,11 @@ class TestReport(Callback):
         if trainer.world_size > 1:  # every process saw a shard of the test set
             probabilities = pl_module.all_gather(probabilities).flatten(0, 1)
             labels = pl_module.all_gather(labels).flatten(0, 1)
+        output_dir = Path(self.output_dir or trainer.log_dir or ".")  # log_dir: a call for every process
         if not trainer.is_global_zero:
             return
         class_names = pl_module.class_names
         report = classification_report(probabilities.cpu(), labels.cpu(), class_names)
-        output_dir = Path(self.output_dir or trainer.log_dir or ".")
         output_dir.mkdir(parents=True, exist_ok=True)
         table = markdown_table(report)
         (output_dir / "test_report.json").write_text(json.dumps(report, indent=2) + "\n")
