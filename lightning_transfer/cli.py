@@ -2,22 +2,48 @@
 
 The CLI's only jobs beyond LightningCLI's: tell the model its class names (from the data's train
 folder, or from the checkpoint), rebuild a checkpointed model without fetching pretrained weights
-again, and print problems the user can fix as one line instead of a traceback.
+again, log to CSV (and TensorBoard when installed) in one run folder, write the training curves and
+the test report there, dispatch the non-training subcommands (``EXTRA_COMMANDS``), and print
+problems the user can fix as one line instead of a traceback.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import os
 import sys
 from pathlib import Path
+from typing import Any
 
+from lightning import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 
 from lightning_transfer.checkpoint import read_checkpoint
+from lightning_transfer.curves import TrainingCurves
 from lightning_transfer.data import ImageFolderDataModule, class_names_of
+from lightning_transfer.download import ensure_dataset
 from lightning_transfer.errors import UserError
 from lightning_transfer.model import TransferClassifier
 from lightning_transfer.predictions import PredictionCSVWriter
+from lightning_transfer.report import TestReport
+
+# Subcommands that are not LightningCLI's: first word -> module with ``main(argv: list[str])``.
+EXTRA_COMMANDS = {"data": "lightning_transfer.data_cli"}
+
+
+def default_loggers(save_dir: str) -> list[Logger]:
+    """CSV always, plus TensorBoard when installed, both in the same ``lightning_logs/version_N``.
+
+    The TensorBoard logger is given the CSV logger's version; left alone it would pick the next
+    free one and split the run over two folders.
+    """
+    csv_logger = CSVLogger(save_dir)
+    if importlib.util.find_spec("tensorboard") is None:
+        return [csv_logger]
+    return [csv_logger, TensorBoardLogger(save_dir, version=csv_logger.version)]
 
 
 class TransferCLI(LightningCLI):
@@ -37,6 +63,8 @@ class TransferCLI(LightningCLI):
             }
         )
         parser.add_lightning_class_args(PredictionCSVWriter, "predictions")
+        parser.add_lightning_class_args(TrainingCurves, "curves")
+        parser.add_lightning_class_args(TestReport, "report")
 
     def _parse_ckpt_path(self) -> None:
         """Take the model's hyperparameters from ``--ckpt_path``, read safely (tensors only).
@@ -63,19 +91,32 @@ class TransferCLI(LightningCLI):
         if config.model.class_names is None:
             if config.data.root is None:
                 raise UserError("no data root given; pass --data.root DIR (a folder with train/ and val/)")
-            names = class_names_of(Path(config.data.root).expanduser() / "train")
+            root = Path(config.data.root).expanduser()
+            ensure_dataset(root, config.data.url)  # the class names are needed before prepare_data runs
+            names = class_names_of(root / "train")
             config.model.class_names = names
             config.model.num_classes = len(names)
 
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        trainer_config = self._get(self.config_init, "trainer", default={})
+        if trainer_config.get("logger") in (None, True) and "logger" not in kwargs:
+            kwargs["logger"] = default_loggers(trainer_config.get("default_root_dir") or os.getcwd())
+        return super().instantiate_trainer(**kwargs)
+
 
 def main(args: list[str] | None = None) -> None:
-    """Console entry point: LightningCLI subcommands, user errors as one line on stderr."""
+    """Console entry point: extra or LightningCLI subcommands, user errors as one line on stderr."""
+    argv = sys.argv[1:] if args is None else args
+    description = f"{__doc__.splitlines()[0]} Other commands: {', '.join(EXTRA_COMMANDS)} (each has --help)."
     try:
+        if argv and argv[0] in EXTRA_COMMANDS:
+            importlib.import_module(EXTRA_COMMANDS[argv[0]]).main(argv[1:])
+            return
         TransferCLI(
             TransferClassifier,
             ImageFolderDataModule,
             save_config_kwargs={"overwrite": True},
-            parser_kwargs={"description": __doc__.splitlines()[0]},
+            parser_kwargs={"description": description},
             args=args,
         )
     except UserError as err:

@@ -134,6 +134,8 @@ class ImageFolderDataModule(LightningDataModule):
         backbone: whose preprocessing (mean/std, resize filter) to apply; linked from the model.
         max_images_per_class: use only the first N images of each class per split (quick runs).
         predict_path: image file or folder for ``lightning-transfer predict``.
+        url: zip archive to download and extract into ``root`` when ``root`` has no ``train/`` yet
+            (e.g. ``lightning_transfer.download.CATS_AND_DOGS_FILTERED_URL``).
     """
 
     def __init__(
@@ -146,6 +148,7 @@ class ImageFolderDataModule(LightningDataModule):
         backbone: str = "vgg16",
         max_images_per_class: int | None = None,
         predict_path: str | None = None,
+        url: str | None = None,
     ) -> None:
         super().__init__()
         if image_size < 32:
@@ -158,6 +161,7 @@ class ImageFolderDataModule(LightningDataModule):
         self.preprocessing: Preprocessing = get_spec(backbone).preprocessing
         self.max_images_per_class = max_images_per_class
         self.predict_path = predict_path
+        self.url = url
         self.datasets: dict[str, ImageFiles] = {}
 
     @property
@@ -170,6 +174,13 @@ class ImageFolderDataModule(LightningDataModule):
         if not self.root.is_dir():
             raise UserError(f"data root {str(self.root)!r} does not exist; pass --data.root DIR")
         return self.root
+
+    def prepare_data(self) -> None:
+        """Download ``url`` into ``root`` if ``root`` has no ``train/`` yet (once, on one process)."""
+        from lightning_transfer.download import ensure_dataset  # download builds on this module
+
+        if self.root is not None:
+            ensure_dataset(self.root, self.url)
 
     def transform(self, train: bool) -> v2.Compose:
         return self.preprocessing.transform(self.image_size, augmentation() if train and self.augment else None)

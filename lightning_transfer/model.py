@@ -130,23 +130,26 @@ class TransferClassifier(LightningModule):
             return self.head(batch["features"])
         return self(batch["image"])
 
-    def _step(self, batch: dict, stage: str, accuracy: MulticlassAccuracy) -> torch.Tensor:
+    def _step(self, batch: dict, stage: str, accuracy: MulticlassAccuracy) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss and accuracy logged per epoch; returns (loss, logits)."""
         logits = self.logits(batch)
         loss = self.loss(logits, batch["label"])
         accuracy(logits, batch["label"])
         batch_size = len(batch["label"])
         self.log(f"{stage}_loss", loss, prog_bar=True, on_epoch=True, on_step=False, batch_size=batch_size)
         self.log(f"{stage}_acc", accuracy, prog_bar=True, on_epoch=True, on_step=False, batch_size=batch_size)
-        return loss
+        return loss, logits
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train", self.train_acc)
+        return self._step(batch, "train", self.train_acc)[0]
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._step(batch, "val", self.val_acc)
 
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._step(batch, "test", self.test_acc)
+    def test_step(self, batch: dict, batch_idx: int) -> dict:
+        """Returns probabilities and labels so callbacks (the test report) see every prediction."""
+        _, logits = self._step(batch, "test", self.test_acc)
+        return {"probabilities": logits.softmax(dim=1).detach(), "label": batch["label"]}
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         return {"path": batch["path"], "probabilities": self.logits(batch).softmax(dim=1)}

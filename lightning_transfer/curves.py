@@ -1,0 +1,91 @@
+"""Training curves like the book's figures: train vs val accuracy and loss per epoch, as one PNG.
+
+The callback records the epoch metrics the model logs (``train_acc``, ``val_acc``, ``train_loss``,
+``val_loss``) itself, so the figure does not depend on which loggers are configured. It plots the
+epochs of its own run (a run resumed with ``--ckpt_path`` starts its figure at the resumed epoch).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+from lightning import Callback, LightningModule, Trainer
+from matplotlib.ticker import MaxNLocator
+
+from lightning_transfer.errors import UserError
+from lightning_transfer.figures import new_figure, save_figure
+
+PANELS = (("acc", "accuracy"), ("loss", "loss"))
+METRICS = tuple(f"{stage}_{name}" for name, _ in PANELS for stage in ("train", "val"))
+
+
+def smooth(values: Sequence[float], factor: float) -> list[float]:
+    """The book's exponential moving average: ``s = previous * factor + value * (1 - factor)``.
+
+    NaN (an epoch without that metric) is passed through without resetting the average.
+    """
+    smoothed: list[float] = []
+    previous = math.nan
+    for value in values:
+        if math.isnan(value):
+            smoothed.append(value)
+            continue
+        previous = value if math.isnan(previous) else previous * factor + value * (1 - factor)
+        smoothed.append(previous)
+    return smoothed
+
+
+def plot_curves(history: Sequence[dict[str, float]], path: Path, smoothing: float = 0.0) -> Path:
+    """Draw accuracy and loss panels (train as dots, val as a line, as in the book) to ``path``."""
+    epochs = [int(row["epoch"]) + 1 for row in history]
+    figure = new_figure(10, 4)
+    axes = figure.subplots(1, len(PANELS))
+    for axis, (name, title) in zip(axes, PANELS):
+        for stage, style in (("train", "bo"), ("val", "b-")):
+            values = [row.get(f"{stage}_{name}", math.nan) for row in history]
+            if smoothing > 0:
+                values = smooth(values, smoothing)
+            axis.plot(epochs, values, style, label=f"{'Training' if stage == 'train' else 'Validation'} {title}")
+        suffix = f" (smoothed, EMA {smoothing:g})" if smoothing > 0 else ""
+        axis.set_title(f"Training and validation {title}{suffix}")
+        axis.set_xlabel("epoch")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.legend()
+    return save_figure(figure, path)
+
+
+class TrainingCurves(Callback):
+    """Writes ``training_curves.png`` to the run's log directory after every epoch of ``fit``.
+
+    Args:
+        smoothing: exponential-moving-average factor for the curves (the book uses 0.8); 0 plots
+            the raw per-epoch values.
+        filename: file name inside the run's log directory.
+    """
+
+    def __init__(self, smoothing: float = 0.0, filename: str = "training_curves.png") -> None:
+        if not 0 <= smoothing < 1:
+            raise UserError(f"--curves.smoothing={smoothing}: use a factor in [0, 1), e.g. 0.8 as in the book")
+        self.smoothing = smoothing
+        self.filename = filename
+        self.history: list[dict[str, float]] = []
+
+    def path(self, trainer: Trainer) -> Path:
+        return Path(trainer.log_dir or ".") / self.filename
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        row = {"epoch": float(trainer.current_epoch)}
+        row.update({key: float(trainer.callback_metrics[key]) for key in METRICS if key in trainer.callback_metrics})
+        self.history.append(row)
+        path = self.path(trainer)  # on every process: trainer.log_dir is a collective call
+        if trainer.is_global_zero:
+            plot_curves(self.history, path, self.smoothing)
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        path = self.path(trainer)
+        if trainer.is_global_zero and self.history:
+            print(f"wrote training curves to {path}")
