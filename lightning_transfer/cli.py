@@ -31,7 +31,10 @@ from lightning_transfer.predictions import PredictionCSVWriter
 from lightning_transfer.report import TestReport
 
 # Subcommands that are not LightningCLI's: first word -> module with ``main(argv: list[str])``.
-EXTRA_COMMANDS = {"data": "lightning_transfer.data_cli"}
+EXTRA_COMMANDS = {
+    "data": "lightning_transfer.data_cli",
+    "visualize": "lightning_transfer.visualize",
+}
 
 
 def default_loggers(save_dir: str) -> list[Logger]:

@@ -15,7 +15,7 @@ from lightning import Callback, LightningModule, Trainer
 from matplotlib.ticker import MaxNLocator
 
 from lightning_transfer.errors import UserError
-from lightning_transfer.figures import new_figure, save_figure
+from lightning_transfer.plotting import new_figure, save_figure
 
 PANELS = (("acc", "accuracy"), ("loss", "loss"))
 METRICS = tuple(f"{stage}_{name}" for name, _ in PANELS for stage in ("train", "val"))

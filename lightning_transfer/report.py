@@ -22,7 +22,7 @@ from torchmetrics.functional.classification import (
     multiclass_recall,
 )
 
-from lightning_transfer.figures import new_figure, save_figure
+from lightning_transfer.plotting import new_figure, save_figure
 
 
 def classification_report(probabilities: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str]) -> dict:
