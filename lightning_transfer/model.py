@@ -151,8 +151,8 @@ class TransferClassifier(LightningModule):
         return self
 
     def on_train_epoch_start(self) -> None:
-        """Re-apply :meth:`train` every epoch: Lightning (>= 2.2) no longer calls it when fitting
-        starts, and fine-tuning stages change which BatchNorm layers are frozen."""
+        """Apply :meth:`train` at every epoch start: Lightning 2.6 never calls it when fitting, and
+        fine-tuning stages change which BatchNorm layers are frozen."""
         self.train()
 
     def logits(self, batch: dict) -> torch.Tensor:
