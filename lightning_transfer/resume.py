@@ -44,5 +44,8 @@ def find_last_checkpoint(checkpoint_dir: str | None, root_dir: str | None) -> Pa
         pattern = str(Path(root_dir or ".") / "lightning_logs" / "*" / "checkpoints" / "last*.ckpt")
     candidates = [Path(path) for path in glob.glob(pattern)]
     if not candidates:
-        raise UserError(f"--ckpt_path last: nothing matches {pattern}; pass the checkpoint file instead")
+        raise UserError(
+            f"--ckpt_path last: nothing matches {pattern}, so there is no run to resume; "
+            "drop --ckpt_path to start one, or pass a checkpoint file"
+        )
     return max(candidates, key=lambda path: path.stat().st_mtime)
