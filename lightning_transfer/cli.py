@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from lightning import Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 
@@ -29,6 +28,7 @@ from lightning_transfer.errors import UserError
 from lightning_transfer.model import TransferClassifier
 from lightning_transfer.predictions import PredictionCSVWriter
 from lightning_transfer.report import TestReport
+from lightning_transfer.resume import LastEpochCheckpoint, find_last_checkpoint
 
 # Subcommands that are not LightningCLI's: first word -> module with ``main(argv: list[str])``.
 EXTRA_COMMANDS = {
@@ -55,7 +55,7 @@ class TransferCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("model.backbone", "data.backbone")
         parser.link_arguments("data.image_size", "model.image_size")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(LastEpochCheckpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val_acc",
@@ -78,7 +78,11 @@ class TransferCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         if not subcommand:
             return
-        ckpt_path = self.config[subcommand].get("ckpt_path")
+        config = self.config[subcommand]
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path == "last":
+            last = find_last_checkpoint(config.checkpoint.dirpath, config.trainer.default_root_dir)
+            ckpt_path = config.ckpt_path = str(last)
         if not ckpt_path or not Path(ckpt_path).is_file():
             return
         hparams = dict(read_checkpoint(ckpt_path)["hyper_parameters"])
@@ -91,6 +95,7 @@ class TransferCLI(LightningCLI):
         config = self.config[self.subcommand]
         if config.get("ckpt_path"):  # resuming or evaluating: the checkpoint supplies the weights
             config.model.weights = "none"
+            config.model.init_from = None
         if config.model.class_names is None:
             if config.data.root is None:
                 raise UserError("no data root given; pass --data.root DIR (a folder with train/ and val/)")

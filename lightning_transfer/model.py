@@ -67,6 +67,10 @@ class TransferClassifier(LightningModule):
         optimizer: ``rmsprop`` (the book), ``adam``, ``adamw`` or ``sgd``.
         lr: learning rate of the head (the book: 2e-5).
         weight_decay: optimizer weight decay.
+        init_from: a lightning-transfer checkpoint (e.g. of a feature-extraction run) whose backbone
+            and head weights this model starts from; ``weights`` is then not loaded. Not stored in
+            the hyperparameters: the trained weights end up in this model's own checkpoints, so
+            they never need that file again.
     """
 
     def __init__(
@@ -83,6 +87,7 @@ class TransferClassifier(LightningModule):
         optimizer: Literal["rmsprop", "adam", "adamw", "sgd"] = "rmsprop",
         lr: float = 2e-5,
         weight_decay: float = 0.0,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         if class_names is None:
@@ -91,16 +96,41 @@ class TransferClassifier(LightningModule):
             raise UserError(f"num_classes={num_classes} but {len(class_names)} class names: {class_names}")
         if num_classes < 2:
             raise UserError(f"num_classes={num_classes}; a classifier needs at least 2 classes")
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["init_from"])
         self.class_names = list(class_names)
-        self.backbone = create_backbone(backbone, weights)
+        self.backbone = create_backbone(backbone, "none" if init_from else weights)
         self.head = make_head(self.backbone.output_shape(image_size), num_classes, head_hidden, dropout, pool)
+        if init_from:
+            self.init_from_checkpoint(init_from)
         if freeze_backbone:
             set_trainable(self.backbone, False)
         self.loss = nn.CrossEntropyLoss()
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+
+    def init_from_checkpoint(self, path: str) -> None:
+        """Copy backbone + head weights from a checkpoint of the same backbone, classes and head."""
+        from lightning_transfer.checkpoint import read_checkpoint  # checkpoint.py imports this module
+
+        checkpoint = read_checkpoint(path)
+        theirs = checkpoint["hyper_parameters"]
+        for key in ("backbone", "class_names"):
+            if theirs.get(key) != self.hparams[key]:
+                raise UserError(
+                    f"--model.init_from {path!r} was trained with {key}={theirs.get(key)!r}, this model "
+                    f"has {key}={self.hparams[key]!r}; pick a checkpoint of the same backbone and classes"
+                )
+        own = self.state_dict()
+        state = checkpoint["state_dict"]
+        if state.keys() != own.keys() or any(state[key].shape != own[key].shape for key in own):
+            shape_keys = ("head_hidden", "pool", "image_size")
+            raise UserError(
+                f"--model.init_from {path!r} has another head shape "
+                f"({', '.join(f'{k}={theirs.get(k)!r}' for k in shape_keys)}; this model: "
+                f"{', '.join(f'{k}={self.hparams[k]!r}' for k in shape_keys)}); use the same values"
+            )
+        self.load_state_dict(state)
 
     @property
     def preprocessing(self):
@@ -126,7 +156,8 @@ class TransferClassifier(LightningModule):
         return self
 
     def on_train_epoch_start(self) -> None:
-        """Lightning never calls ``train()`` itself, and stages may have unfrozen blocks: re-apply."""
+        """Apply :meth:`train` at every epoch start: Lightning 2.6 never calls it when fitting, and
+        fine-tuning stages change which BatchNorm layers are frozen."""
         self.train()
 
     def logits(self, batch: dict) -> torch.Tensor:
@@ -164,4 +195,5 @@ class TransferClassifier(LightningModule):
         if not trainable:
             raise UserError("nothing to train: every parameter is frozen")
         optimizer = OPTIMIZERS[self.hparams.optimizer]
-        return optimizer(trainable, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        groups = [{"params": trainable, "name": "head"}]  # named: LearningRateMonitor logs lr-<Opt>/head
+        return optimizer(groups, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)

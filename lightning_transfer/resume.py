@@ -1,0 +1,51 @@
+"""What ``fit --ckpt_path last`` needs: a ``last.ckpt`` that really is the last epoch, and finding it.
+
+Lightning 2.6 falls short twice. ``ModelCheckpoint(save_last=True)`` writes ``last.ckpt`` only when
+a top-k checkpoint is saved at the same step, so with ``save_top_k=1`` it is a copy of the *best*
+epoch and a resume silently goes back to it. And ``ckpt_path="last"`` is looked up in the new run's
+own (empty) logger version folder, so it silently starts from scratch.
+"""
+
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+
+from lightning import LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from lightning_transfer.errors import UserError
+
+
+class LastEpochCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` that, with ``save_last``, writes ``last.ckpt`` after every epoch."""
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_skipped(trainer)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_skipped(trainer)
+
+    def _save_last_if_skipped(self, trainer: Trainer) -> None:
+        # "skip" is true when this step was saved already (then last.ckpt was written with it)
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+def find_last_checkpoint(checkpoint_dir: str | None, root_dir: str | None) -> Path:
+    """The newest ``last*.ckpt`` in ``checkpoint_dir``, or in any ``ROOT/lightning_logs/*/checkpoints``."""
+    if checkpoint_dir:
+        pattern = str(Path(checkpoint_dir) / "last*.ckpt")
+    else:
+        pattern = str(Path(root_dir or ".") / "lightning_logs" / "*" / "checkpoints" / "last*.ckpt")
+    candidates = [Path(path) for path in glob.glob(pattern)]
+    if not candidates:
+        raise UserError(
+            f"--ckpt_path last: nothing matches {pattern}, so there is no run to resume; "
+            "drop --ckpt_path to start one, or pass a checkpoint file"
+        )
+    return max(candidates, key=lambda path: path.stat().st_mtime)
