@@ -7,6 +7,7 @@ again, and print problems the user can fix as one line instead of a traceback.
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 
@@ -18,6 +19,10 @@ from lightning_transfer.data import ImageFolderDataModule, class_names_of
 from lightning_transfer.errors import UserError
 from lightning_transfer.model import TransferClassifier
 from lightning_transfer.predictions import PredictionCSVWriter
+
+
+EXTRA_COMMANDS = {"visualize": "lightning_transfer.visualize"}
+"""Subcommands outside LightningCLI: first word -> module exposing ``main(argv)``."""
 
 
 class TransferCLI(LightningCLI):
@@ -70,7 +75,11 @@ class TransferCLI(LightningCLI):
 
 def main(args: list[str] | None = None) -> None:
     """Console entry point: LightningCLI subcommands, user errors as one line on stderr."""
+    argv = sys.argv[1:] if args is None else args
     try:
+        if argv and argv[0] in EXTRA_COMMANDS:
+            importlib.import_module(EXTRA_COMMANDS[argv[0]]).main(argv[1:])
+            return
         TransferCLI(
             TransferClassifier,
             ImageFolderDataModule,

@@ -107,6 +107,11 @@ class TransferClassifier(LightningModule):
         """The backbone's preprocessing: how raw images must be turned into ``forward`` input."""
         return self.backbone.spec.preprocessing
 
+    @property
+    def image_size(self) -> int:
+        """The square input size the model was trained at (fixes the head for ``pool="flatten"``)."""
+        return self.hparams.image_size
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Normalized images (N, 3, H, W) -> logits (N, num_classes)."""
         return self.head(self.backbone(images))
