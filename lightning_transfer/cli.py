@@ -21,7 +21,7 @@ from lightning_transfer.model import TransferClassifier
 from lightning_transfer.predictions import PredictionCSVWriter
 
 
-EXTRA_COMMANDS = {"visualize": "lightning_transfer.visualize"}
+EXTRA_COMMANDS = {"visualize": "lightning_transfer.visualize", "demo": "lightning_transfer.demo"}
 """Subcommands outside LightningCLI: first word -> module exposing ``main(argv)``."""
 
 
