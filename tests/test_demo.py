@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
@@ -169,9 +170,12 @@ def test_auth_protects_the_app(model: TransferClassifier) -> None:
         thread.join(timeout=10)
 
 
+@dataclass(frozen=True)
 class Server:
-    def __init__(self, url: str, log: Path, class_names: list[str]) -> None:
-        self.url, self.log, self.class_names = url, log, class_names
+    url: str
+    log: Path
+    """The server's stdout and stderr."""
+    class_names: list[str]
 
 
 @pytest.fixture(scope="module")
