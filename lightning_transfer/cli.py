@@ -34,6 +34,7 @@ from lightning_transfer.resume import LastEpochCheckpoint, find_last_checkpoint
 EXTRA_COMMANDS = {
     "data": "lightning_transfer.data_cli",
     "visualize": "lightning_transfer.visualize",
+    "demo": "lightning_transfer.demo",
 }
 
 

@@ -27,10 +27,19 @@ SPLITS = ("train", "val", "test")
 Sample = tuple[Path, int]
 
 
-def load_rgb(path: str | Path) -> Image.Image:
-    """Decode any PIL-readable image as RGB with its EXIF orientation applied."""
+def load_rgb(path: str | Path, max_pixels: int | None = None) -> Image.Image:
+    """Decode any PIL-readable image as RGB with its EXIF orientation applied.
+
+    ``max_pixels`` refuses bigger images from their header, before decoding (a small compressed
+    file can expand to gigabytes; servers such as the demo need that bound).
+    """
     try:
         with Image.open(path) as image:
+            if max_pixels is not None and image.width * image.height > max_pixels:
+                raise UserError(
+                    f"image {str(path)!r} is {image.width}x{image.height} pixels, more than the "
+                    f"{max_pixels / 1e6:g} megapixels allowed; downscale it first"
+                )
             image = ImageOps.exif_transpose(image)
             return image.convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError) as err:
