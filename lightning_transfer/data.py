@@ -14,40 +14,42 @@ from pathlib import Path
 
 import torch
 from lightning import LightningDataModule
-from PIL import Image, ImageOps
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from lightning_transfer.backbones import Preprocessing, get_spec
 from lightning_transfer.errors import UserError
+from lightning_transfer.image_check import OnBadImage, decode_rgb, describe_error, find_bad_images, screen_images
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 SPLITS = ("train", "val", "test")
+STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
 
 Sample = tuple[Path, int]
 
 
 def load_rgb(path: str | Path, max_pixels: int | None = None) -> Image.Image:
-    """Decode any PIL-readable image as RGB with its EXIF orientation applied.
+    """Decode any PIL-readable image as RGB (EXIF orientation applied; see ``image_check.to_rgb``).
 
     ``max_pixels`` refuses bigger images from their header, before decoding (a small compressed
     file can expand to gigabytes; servers such as the demo need that bound).
     """
     try:
-        with Image.open(path) as image:
-            if max_pixels is not None and image.width * image.height > max_pixels:
-                raise UserError(
-                    f"image {str(path)!r} is {image.width}x{image.height} pixels, more than the "
-                    f"{max_pixels / 1e6:g} megapixels allowed; downscale it first"
-                )
-            image = ImageOps.exif_transpose(image)
-            return image.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise UserError(f"cannot read image {str(path)!r}: {err}") from None
+        return decode_rgb(path, max_pixels=max_pixels)
+    except UserError:
+        raise
+    except Exception as err:  # broken files raise OSError, SyntaxError, ValueError, struct.error...
+        raise UserError(f"cannot read image {str(path)!r}: {describe_error(err)}") from None
 
 
 def is_image_file(path: Path) -> bool:
     return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def is_hidden(path: Path, folder: Path) -> bool:
+    """Whether ``path`` or a folder above it (up to ``folder``) is hidden: ``.DS_Store``, ``.git/``..."""
+    return any(part.startswith(".") for part in path.relative_to(folder).parts)
 
 
 def class_names_of(split_dir: str | Path) -> list[str]:
@@ -74,11 +76,22 @@ def list_images(split_dir: Path, class_names: Sequence[str], max_per_class: int 
         )
     samples: list[Sample] = []
     for label, name in enumerate(class_names):
-        files = sorted(p for p in (split_dir / name).rglob("*") if is_image_file(p))
+        folder = split_dir / name
+        files = sorted(p for p in folder.rglob("*") if is_image_file(p) and not is_hidden(p, folder))
         if not files:
-            raise UserError(f"class folder {str(split_dir / name)!r} holds no images")
+            raise UserError(f"class folder {str(folder)!r} holds no images")
         samples.extend((path, label) for path in files[:max_per_class])
     return samples
+
+
+def non_image_files(split_dir: Path, class_names: Sequence[str]) -> list[Path]:
+    """Visible files in the class folders that are not images: ignored for training, but reported."""
+    return sorted(
+        path
+        for name in class_names
+        for path in (split_dir / name).rglob("*")
+        if path.is_file() and not is_image_file(path) and not is_hidden(path, split_dir)
+    )
 
 
 def list_predict_images(path: str | Path) -> list[Path]:
@@ -87,7 +100,7 @@ def list_predict_images(path: str | Path) -> list[Path]:
     if path.is_file():
         return [path]
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if is_image_file(p))
+        files = sorted(p for p in path.rglob("*") if is_image_file(p) and not is_hidden(p, path))
         if files:
             return files
         raise UserError(f"no images found under {str(path)!r}")
@@ -145,6 +158,8 @@ class ImageFolderDataModule(LightningDataModule):
         predict_path: image file or folder for ``lightning-transfer predict``.
         url: zip archive to download and extract into ``root`` when ``root`` has no ``train/`` yet
             (e.g. ``lightning_transfer.download.CATS_AND_DOGS_FILTERED_URL``).
+        on_bad_image: what to do with files that do not decode, found by a check before the run
+            (report in the log folder): ``skip`` them with a warning, or stop with an ``error``.
     """
 
     def __init__(
@@ -158,6 +173,7 @@ class ImageFolderDataModule(LightningDataModule):
         max_images_per_class: int | None = None,
         predict_path: str | None = None,
         url: str | None = None,
+        on_bad_image: OnBadImage = "skip",
     ) -> None:
         super().__init__()
         if image_size < 32:
@@ -171,6 +187,7 @@ class ImageFolderDataModule(LightningDataModule):
         self.max_images_per_class = max_images_per_class
         self.predict_path = predict_path
         self.url = url
+        self.on_bad_image = on_bad_image
         self.datasets: dict[str, ImageFiles] = {}
 
     @property
@@ -185,18 +202,47 @@ class ImageFolderDataModule(LightningDataModule):
         return self.root
 
     def prepare_data(self) -> None:
-        """Download ``url`` into ``root`` if ``root`` has no ``train/`` yet (once, on one process)."""
+        """Once per machine, before any process loads data: download ``url`` into ``root`` if ``root``
+        has no ``train/`` yet, then decode-check this stage's images (the verdict is cached on disk)."""
         from lightning_transfer.download import ensure_dataset  # download builds on this module
 
         if self.root is not None:
             ensure_dataset(self.root, self.url)
+        stage = self.trainer.state.fn if self.trainer is not None else "fit"
+        for split in STAGE_SPLITS.get(stage, ()):
+            find_bad_images([path for path, _ in self._listed_samples(split)])
+        if stage == "predict" and self.predict_path is not None:
+            find_bad_images(list_predict_images(self.predict_path))
 
     def transform(self, train: bool) -> v2.Compose:
         return self.preprocessing.transform(self.image_size, augmentation() if train and self.augment else None)
 
+    def _listed_samples(self, split: str) -> list[Sample]:
+        return list_images(self._require_root() / split, self.class_names, self.max_images_per_class)
+
     def split_samples(self, split: str) -> list[Sample]:
-        root = self._require_root()
-        return list_images(root / split, self.class_names, self.max_images_per_class)
+        """A split's readable (path, label) pairs; unreadable images are reported, then skipped or refused."""
+        samples = self._listed_samples(split)
+        split_dir = self._require_root() / split
+        ignored = non_image_files(split_dir, self.class_names)
+        bad = self._screen(split, split_dir, [path for path, _ in samples], ignored)
+        samples = [sample for sample in samples if sample[0] not in bad]
+        emptied = sorted(set(range(len(self.class_names))) - {label for _, label in samples})
+        if emptied:
+            folder = split_dir / self.class_names[emptied[0]]
+            raise UserError(f"class folder {str(folder)!r} holds no readable images (see the bad-image report)")
+        return samples
+
+    def _screen(self, split: str, where: Path, paths: list[Path], ignored: list[Path]) -> dict[Path, str]:
+        """Unreadable images among ``paths``; the report goes to the run's log folder, from one process.
+
+        ``trainer.log_dir`` is a collective call, so every process makes it; it is None under fast_dev_run.
+        """
+        trainer = self.trainer
+        folder = (trainer.log_dir or trainer.default_root_dir) if trainer is not None else "."
+        report = Path(folder).absolute() / f"bad_images_{split}.txt"
+        write = trainer is None or trainer.is_global_zero
+        return screen_images(str(where), paths, ignored, self.on_bad_image, report, write)
 
     def _labelled(self, split: str) -> ImageFiles:
         samples = self.split_samples(split)
@@ -217,6 +263,10 @@ class ImageFolderDataModule(LightningDataModule):
             if self.predict_path is None:
                 raise UserError("nothing to predict; pass --data.predict_path IMAGE_OR_FOLDER")
             paths = list_predict_images(self.predict_path)
+            bad = self._screen("predict", Path(self.predict_path), paths, [])
+            paths = [path for path in paths if path not in bad]
+            if not paths:
+                raise UserError(f"no readable images under {str(self.predict_path)!r} (see the bad-image report)")
             self.datasets["predict"] = ImageFiles(paths, None, self.transform(train=False))
 
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader:

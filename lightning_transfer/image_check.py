@@ -1,0 +1,197 @@
+"""Reading image files defensively, and finding the unreadable ones before training starts.
+
+A truncated JPEG or a text file named ``.jpg`` would otherwise crash a DataLoader worker halfway
+through an epoch. ``find_bad_images`` decodes every file once up front (JPEGs at 1/8 scale, which
+still reads every byte of the stream) in threads, and caches the verdict on disk keyed by the file
+list, so later runs and the other DDP processes get it for free. ``screen_images`` turns the verdict
+into a report and a warning (skip) or a one-line error (strict).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import PIL
+from lightning.pytorch.utilities import rank_zero_warn
+from PIL import Image, ImageOps, UnidentifiedImageError
+from tqdm.auto import tqdm
+
+from lightning_transfer.errors import UserError
+
+CHECK_VERSION = 1
+"""Bump when what counts as readable changes, so cached verdicts are redone."""
+
+OnBadImage = Literal["skip", "error"]
+
+
+def decode_rgb(path: str | Path, draft: bool = False, max_pixels: int | None = None) -> Image.Image:
+    """Decode ``path`` as 8-bit RGB, the way every image reaches the model; raises what PIL raises.
+
+    Images above ``PIL.Image.MAX_IMAGE_PIXELS`` are refused (PIL only warns up to twice that), and
+    above ``max_pixels`` with a UserError, both from the header, before decoding. ``draft`` lets
+    JPEGs decode at 1/8 scale: enough to prove the file is whole, several times faster.
+    """
+    with Image.open(path) as image:
+        if max_pixels is not None and image.width * image.height > max_pixels:
+            raise UserError(
+                f"image {str(path)!r} is {image.width}x{image.height} pixels, more than the "
+                f"{max_pixels / 1e6:g} megapixels allowed; downscale it first"
+            )
+        limit = Image.MAX_IMAGE_PIXELS
+        if limit and image.width * image.height > limit:
+            raise Image.DecompressionBombError(
+                f"{image.width}x{image.height} = {image.width * image.height} pixels is above the "
+                f"decompression-bomb limit of {limit} pixels (PIL.Image.MAX_IMAGE_PIXELS)"
+            )
+        if draft:
+            image.draft(None, (1, 1))
+        return to_rgb(ImageOps.exif_transpose(image))
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode -> RGB, fixing the two conversions PIL gets wrong for photos.
+
+    16-bit grayscale keeps its top 8 bits (PIL clips it, turning most pixels white); transparent
+    pixels are put over white (PIL drops alpha, which usually leaves black). Palette, grayscale and
+    CMYK (Adobe-inverted JPEGs included) use PIL's own conversion.
+    """
+    if image.mode.startswith("I"):  # I;16, I;16B, I: 16-bit (or wider) integer grayscale
+        image = Image.fromarray((np.clip(np.asarray(image), 0, 65535) >> 8).astype(np.uint8))
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def describe_error(err: BaseException) -> str:
+    """One line saying why a file could not be decoded."""
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
+
+
+def problem_with(path: Path) -> str | None:
+    """Why ``path`` cannot be used as an image, or None when it decodes."""
+    try:
+        if path.stat().st_size == 0:
+            return "empty file (0 bytes)"
+        decode_rgb(path, draft=True)
+    except UnidentifiedImageError:
+        return "not an image format PIL can identify"
+    except Exception as err:  # broken files raise OSError, SyntaxError, ValueError, struct.error...
+        return describe_error(err)
+    return None
+
+
+def cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/lightning-transfer``, else ``~/.cache/lightning-transfer``."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lightning-transfer"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file in the same folder + rename, so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as file:
+            file.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _cache_entry(absolute_paths: Sequence[str]) -> Path:
+    """Cache file named by the file list (absolute paths, sizes, mtimes) and what the check depends on."""
+    entries = []
+    for path in sorted(set(absolute_paths)):
+        try:
+            stat = os.stat(path)
+            entries.append((path, stat.st_size, stat.st_mtime_ns))
+        except OSError:
+            entries.append((path, -1, -1))
+    key = json.dumps([CHECK_VERSION, PIL.__version__, Image.MAX_IMAGE_PIXELS, entries])
+    return cache_dir() / "image-check" / f"{hashlib.sha256(key.encode()).hexdigest()}.json"
+
+
+def _read_cached(entry: Path) -> dict[str, str] | None:
+    try:
+        bad = json.loads(entry.read_text())["bad"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return bad if isinstance(bad, dict) else None
+
+
+def find_bad_images(paths: Sequence[Path]) -> dict[Path, str]:
+    """The unreadable images among ``paths``, each with its reason; checked once per file list.
+
+    Decodes in threads (PIL releases the GIL while decoding) with a progress bar on a terminal.
+    """
+    paths = [Path(path) for path in paths]
+    absolute = [os.path.abspath(path) for path in paths]
+    entry = _cache_entry(absolute)
+    cached = _read_cached(entry)
+    if cached is None:
+        with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+            problems = tqdm(
+                pool.map(problem_with, paths), total=len(paths), desc="checking images", unit="img", disable=None
+            )
+            cached = {name: problem for name, problem in zip(absolute, problems) if problem}
+        try:
+            write_atomic(entry, json.dumps({"version": CHECK_VERSION, "checked": len(paths), "bad": cached}))
+        except OSError as err:
+            warnings.warn(f"could not cache the image check in {str(entry.parent)!r} ({err}); it will be redone")
+    return {path: cached[name] for path, name in zip(paths, absolute) if name in cached}
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def write_report(report: Path, where: str, bad: dict[Path, str], ignored: Sequence[Path], action: str) -> None:
+    """Plain-text list of the unreadable images (with reasons) and the ignored non-image files."""
+    lines = [f"image check of {where}", f"{_plural(len(bad), 'unreadable image')}, {action}:"]
+    lines += [f"  {path.absolute()}: {reason}" for path, reason in bad.items()]
+    lines += [f"{_plural(len(ignored), 'non-image file')} in the class folders, ignored:"]
+    lines += [f"  {path.absolute()}" for path in ignored]
+    write_atomic(report, "\n".join(lines) + "\n")
+
+
+def screen_images(
+    where: str,
+    paths: Sequence[Path],
+    ignored: Sequence[Path],
+    on_bad_image: OnBadImage,
+    report: Path,
+    write: bool = True,
+) -> dict[Path, str]:
+    """Check ``paths``; report what is wrong, then warn and return the unreadable ones (skip) or raise (error).
+
+    ``ignored`` are non-image files found beside the images: reported, never an error. ``write``
+    is False on all but one process, so the report is written and the warning shown once.
+    """
+    bad = find_bad_images(paths)
+    if not bad and not ignored:
+        return bad
+    action = "left out" if on_bad_image == "skip" else "stopping the run"
+    if write:
+        write_report(report, where, bad, ignored, action)
+    examples = "; ".join(f"{path}: {reason}" for path, reason in list(bad.items())[:3])
+    unreadable = f"{_plural(len(bad), 'unreadable image')} ({examples}{'; ...' if len(bad) > 3 else ''})"
+    if bad and on_bad_image == "error":
+        raise UserError(
+            f"{where}: {unreadable}; full list in {report}; fix or remove them, or pass --data.on_bad_image skip"
+        )
+    problems = [f"{unreadable} {action}"] if bad else []
+    if ignored:
+        problems.append(f"{_plural(len(ignored), 'non-image file')} ignored")
+    rank_zero_warn(f"{where}: {', '.join(problems)}; full list in {report}")
+    return bad
