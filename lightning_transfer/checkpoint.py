@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-import pickle
+import inspect
+import re
 from pathlib import Path
 
 import torch
 
 from lightning_transfer.errors import UserError
 from lightning_transfer.model import TransferClassifier
+
+REQUIRED_HPARAMS = {"backbone", "image_size", "num_classes"}
+"""What rebuilding the model needs beyond defaults; every checkpoint ``fit`` writes has them."""
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -21,21 +25,30 @@ def read_checkpoint(path: str | Path) -> dict:
         raise UserError(f"checkpoint {str(path)!r} does not exist; pass --ckpt_path to a .ckpt file")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        reason = str(err).strip().splitlines()[0]
-        raise UserError(
-            f"refusing to load {str(path)!r}: it holds Python objects that could run code when loaded "
-            f"({reason}); only checkpoints written by lightning-transfer are accepted"
-        ) from None
-    except Exception as err:  # not a zip/pickle at all: say which file and why in one line
-        raise UserError(f"{str(path)!r} is not a checkpoint ({type(err).__name__}: {err})") from None
+    except Exception as err:  # a pickle asking for code, or no checkpoint at all: say which, in one line
+        found = re.search(r"GLOBAL (\S+)", str(err))  # torch names the callable a pickle asks for
+        if found:
+            raise UserError(
+                f"refusing to load {str(path)!r}: it calls {found.group(1)}, which could run code when loaded; "
+                "only checkpoints written by lightning-transfer are accepted"
+            ) from None
+        lines = [line.strip() for line in str(err).splitlines() if line.strip() and "documentation" not in line]
+        reason = f"{type(err).__name__}: {lines[-1]}" if lines else type(err).__name__
+        raise UserError(f"{str(path)!r} is not a checkpoint ({reason})") from None
     hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
-    if not isinstance(hparams, dict) or "backbone" not in hparams or "state_dict" not in checkpoint:
+    if not isinstance(hparams, dict) or not REQUIRED_HPARAMS <= hparams.keys() or "state_dict" not in checkpoint:
         raise UserError(
             f"{str(path)!r} is not a lightning-transfer checkpoint (no TransferClassifier "
             "hyperparameters or state_dict); pass a .ckpt written by `lightning-transfer fit`"
         )
-    checkpoint["hyper_parameters"] = {k: v for k, v in hparams.items() if not k.startswith("_")}
+    hparams = {k: v for k, v in hparams.items() if not k.startswith("_")}
+    unknown = sorted(hparams.keys() - inspect.signature(TransferClassifier).parameters.keys())
+    if unknown:
+        raise UserError(
+            f"{str(path)!r} was written by another model (hyperparameters {unknown} are not "
+            "TransferClassifier's); pass a .ckpt written by `lightning-transfer fit`"
+        )
+    checkpoint["hyper_parameters"] = hparams
     return checkpoint
 
 

@@ -19,6 +19,7 @@ from typing import Any
 from lightning import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lightning_transfer.checkpoint import read_checkpoint
 from lightning_transfer.curves import TrainingCurves
@@ -28,7 +29,7 @@ from lightning_transfer.errors import UserError
 from lightning_transfer.model import TransferClassifier
 from lightning_transfer.predictions import PredictionCSVWriter
 from lightning_transfer.report import TestReport
-from lightning_transfer.resume import LastEpochCheckpoint, find_last_checkpoint
+from lightning_transfer.resume import LastEpochCheckpoint, ResumeHint, find_last_checkpoint
 
 # Subcommands that are not LightningCLI's: first word -> module with ``main(argv: list[str])``.
 EXTRA_COMMANDS = {
@@ -73,24 +74,34 @@ class TransferCLI(LightningCLI):
     def _parse_ckpt_path(self) -> None:
         """Take the model's hyperparameters from ``--ckpt_path``, read safely (tensors only).
 
-        The image size is the data's option (the model's is linked from it), so it goes there; the
-        backbone is rebuilt without pretrained weights because the checkpoint holds them.
+        Checkpoints are untrusted input: only a local file (or ``last``) is accepted, and it is read
+        with ``weights_only`` before Lightning opens it, so a pickle that would run code is refused
+        before any of it runs. The image size is the data's option (the model's is linked from it),
+        so it goes there; the backbone is rebuilt without pretrained weights because the checkpoint
+        holds them.
         """
         subcommand = self.config.get("subcommand")
         if not subcommand:
             return
         config = self.config[subcommand]
         ckpt_path = config.get("ckpt_path")
+        if not ckpt_path:
+            return
         if ckpt_path == "last":
             last = find_last_checkpoint(config.checkpoint.dirpath, config.trainer.default_root_dir)
             ckpt_path = config.ckpt_path = str(last)
-        if not ckpt_path or not Path(ckpt_path).is_file():
-            return
+        elif not Path(ckpt_path).is_file():  # Lightning would load an http(s) URL with weights_only=False
+            raise UserError(
+                f"--ckpt_path {ckpt_path!r} is not a file; pass a .ckpt written by `lightning-transfer fit`, "
+                "or `last` for the newest last.ckpt of the earlier runs"
+            )
         hparams = dict(read_checkpoint(ckpt_path)["hyper_parameters"])
         image_size = hparams.pop("image_size")
         hparams["weights"] = "none"
-        update = {subcommand: {"model": hparams, "data": {"image_size": image_size}}}
-        self.config = self.parser.parse_object(update, self.config)
+        update = {"model": hparams, "data": {"image_size": image_size}}
+        if "weights_only" in config:  # Lightning's own load, explicitly safe (an env var cannot undo it)
+            update["weights_only"] = True
+        self.config = self.parser.parse_object({subcommand: update}, self.config)
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
@@ -125,13 +136,16 @@ def main(args: list[str] | None = None) -> None:
             TransferClassifier,
             ImageFolderDataModule,
             save_config_kwargs={"overwrite": True},
+            trainer_defaults={"callbacks": [ResumeHint()]},
             parser_kwargs={"description": description},
             args=args,
         )
     except UserError as err:
         sys.exit(f"error: {err}")
-    except KeyboardInterrupt:
-        sys.exit("interrupted: the last checkpoint (last.ckpt) is kept; resume with --ckpt_path last")
+    except SIGTERMException:  # Lightning stopped the loops and ResumeHint spoke; exit as killed by SIGTERM
+        sys.exit(143)
+    except KeyboardInterrupt:  # outside the trainer (during fit Lightning handles it and exits with 1)
+        sys.exit("interrupted")
 
 
 if __name__ == "__main__":

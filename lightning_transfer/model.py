@@ -172,7 +172,9 @@ class TransferClassifier(LightningModule):
         loss = self.loss(logits, batch["label"])
         accuracy(logits, batch["label"])
         batch_size = len(batch["label"])
-        self.log(f"{stage}_loss", loss, prog_bar=True, on_epoch=True, on_step=False, batch_size=batch_size)
+        # sync_dist: under DDP the epoch loss averages all processes' shares, not only rank 0's
+        self.log(f"{stage}_loss", loss, prog_bar=True, on_epoch=True, on_step=False, batch_size=batch_size,
+                 sync_dist=True)
         self.log(f"{stage}_acc", accuracy, prog_bar=True, on_epoch=True, on_step=False, batch_size=batch_size)
         return loss, logits
 

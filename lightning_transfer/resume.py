@@ -1,4 +1,5 @@
-"""What ``fit --ckpt_path last`` needs: a ``last.ckpt`` that really is the last epoch, and finding it.
+"""What ``fit --ckpt_path last`` needs: a ``last.ckpt`` that really is the last epoch, finding it,
+and telling the user about it when Ctrl-C or SIGTERM stops a fit.
 
 Lightning 2.6 falls short twice. ``ModelCheckpoint(save_last=True)`` writes ``last.ckpt`` only when
 a top-k checkpoint is saved at the same step, so with ``save_top_k=1`` it is a copy of the *best*
@@ -9,10 +10,12 @@ own (empty) logger version folder, so it silently starts from scratch.
 from __future__ import annotations
 
 import glob
+import sys
 from pathlib import Path
 
 from lightning import LightningModule, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lightning_transfer.errors import UserError
 
@@ -49,3 +52,22 @@ def find_last_checkpoint(checkpoint_dir: str | None, root_dir: str | None) -> Pa
             "drop --ckpt_path to start one, or pass a checkpoint file"
         )
     return max(candidates, key=lambda path: path.stat().st_mtime)
+
+
+class ResumeHint(Callback):
+    """When Ctrl-C or SIGTERM stops ``fit``, says which checkpoint is kept and how to go on from it."""
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        interrupted = isinstance(exception, (KeyboardInterrupt, SIGTERMException))
+        if not interrupted or trainer.state.fn != "fit" or not trainer.is_global_zero:
+            return
+        dirpath = getattr(trainer.checkpoint_callback, "dirpath", None)
+        try:
+            last = find_last_checkpoint(dirpath, None) if dirpath else None
+        except UserError:  # nothing saved yet
+            last = None
+        if last:
+            message = f"interrupted: {last} (end of the last finished epoch) is kept; resume with --ckpt_path last"
+        else:
+            message = "interrupted before the first epoch ended: there is no checkpoint to resume from"
+        print(message, file=sys.stderr)

@@ -1,0 +1,97 @@
+"""Interrupted and multi-process fits, run as a user runs them: the CLI in a subprocess, tiny data."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, TINY_SIZE, make_tiny_dataset, run_cli
+from lightning_transfer.checkpoint import read_checkpoint
+
+BATCH_SIZE = 4
+FIT = (
+    "fit", "--data.image_size", str(TINY_SIZE), "--data.num_workers", "0", "--data.batch_size", str(BATCH_SIZE),
+    "--model.backbone", "efficientnet_lite0", "--model.weights", "none", "--model.pool", "avg",
+    "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+)
+
+
+def interrupt_after_two_epochs(workdir: Path, data: Path, signum: signal.Signals) -> tuple[int, str, Path]:
+    """Start a long fit, send ``signum`` once last.ckpt has been written twice; returns (exit code, stderr, last).
+
+    ``lr 0``: val_acc never improves, so only the epoch-end last.ckpt callback can write it a second
+    time (Lightning 2.6's ``save_last`` alone would not).
+    """
+    last = workdir / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    with open(workdir / "stdout.txt", "w") as stdout, open(workdir / "stderr.txt", "w") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "lightning_transfer", *FIT, "--data.root", str(data), "--model.lr", "0",
+             "--trainer.max_epochs", "1000"],
+            cwd=workdir, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=stdout, stderr=stderr,
+        )
+        try:
+            writes: set[int] = set()
+            deadline = time.monotonic() + 300
+            while len(writes) < 2:
+                assert process.poll() is None, (workdir / "stderr.txt").read_text()[-3000:]
+                assert time.monotonic() < deadline, "last.ckpt not rewritten within 5 minutes"
+                if last.exists():
+                    writes.add(last.stat().st_mtime_ns)
+                time.sleep(0.05)
+            process.send_signal(signum)
+            returncode = process.wait(timeout=300)
+        finally:
+            process.kill()
+    return returncode, (workdir / "stderr.txt").read_text(), last
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_a_resumable_last_ckpt_and_ckpt_path_last_resumes(tiny_data, tmp_path):
+    returncode, stderr, last = interrupt_after_two_epochs(tmp_path, tiny_data, signal.SIGINT)
+    assert returncode == 1  # Lightning's graceful shutdown
+    assert f"interrupted: {last}" in stderr and "resume with --ckpt_path last" in stderr
+    checkpoint = read_checkpoint(last)
+    epoch, steps_per_epoch = checkpoint["epoch"], 2 * 8 // BATCH_SIZE
+    assert epoch >= 1 and checkpoint["global_step"] == (epoch + 1) * steps_per_epoch  # a whole epoch, not the best
+
+    resumed = run_cli(*FIT, "--data.root", str(tiny_data), "--trainer.max_epochs", str(epoch + 3),
+                      "--ckpt_path", "last", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Restored all states from the checkpoint at {last.relative_to(tmp_path)}" in resumed.stderr
+    final = read_checkpoint(tmp_path / "lightning_logs" / "version_1" / "checkpoints" / "last.ckpt")
+    assert final["epoch"] == epoch + 2 and final["global_step"] == (epoch + 3) * steps_per_epoch
+
+
+@pytest.mark.slow
+def test_sigterm_keeps_a_valid_last_ckpt_and_exits_like_a_terminated_process(tiny_data, tmp_path):
+    returncode, stderr, last = interrupt_after_two_epochs(tmp_path, tiny_data, signal.SIGTERM)
+    assert returncode == 128 + signal.SIGTERM
+    assert f"interrupted: {last}" in stderr
+    assert read_checkpoint(last)["epoch"] >= 1
+
+
+@pytest.mark.slow
+def test_two_process_ddp_fit_on_cpu_checks_images_once_and_writes_one_run(tmp_path):
+    data = make_tiny_dataset(tmp_path / "data", {"train": 4, "val": 2})
+    (data / "train" / "cat" / "broken.jpg").write_text("not a picture")
+    (tmp_path / "run").mkdir()
+    result = run_cli(
+        *FIT, "--data.root", str(data), "--trainer.max_epochs", "1",
+        "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+        cwd=tmp_path / "run", env={"XDG_CACHE_HOME": str(tmp_path / "cache")},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    assert "Starting with 2 processes" in output
+    assert output.count("1 unreadable image") == 1  # one warning, from rank 0
+    runs = list((tmp_path / "run" / "lightning_logs").iterdir())
+    assert [run.name for run in runs] == ["version_0"]  # one run folder, not one per process
+    assert "broken.jpg: not an image format PIL can identify" in (runs[0] / "bad_images_train.txt").read_text()
+    checkpoint = read_checkpoint(runs[0] / "checkpoints" / "last.ckpt")
+    assert checkpoint["hyper_parameters"]["class_names"] == ["cat", "dog"]
