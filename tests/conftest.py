@@ -38,7 +38,9 @@ def make_tiny_dataset(root: Path, per_class: dict[str, int], size: int = TINY_SI
         for name in ("cat", "dog"):
             out = root / split / name
             out.mkdir(parents=True, exist_ok=True)
-            for source in sorted((SHARED_DATA / split / name).glob("*.jpg"))[:count]:
+            sources = sorted((SHARED_DATA / split / name).glob("*.jpg"))[:count]
+            assert len(sources) == count, f"need {count} images in {SHARED_DATA / split / name}"
+            for source in sources:
                 Image.open(source).convert("RGB").resize((size, size)).save(out / source.name)
     return root
 
