@@ -11,6 +11,7 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from lightning import LightningDataModule
@@ -20,6 +21,16 @@ from torchvision.transforms import v2
 
 from lightning_transfer.backbones import Preprocessing, get_spec
 from lightning_transfer.errors import UserError
+from lightning_transfer.features import (
+    ExtractionDtype,
+    FeatureCache,
+    FeatureDataset,
+    FeatureExtractor,
+    default_cache_dir,
+)
+
+if TYPE_CHECKING:
+    from lightning_transfer.model import TransferClassifier
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 SPLITS = ("train", "val", "test")
@@ -134,6 +145,12 @@ class ImageFolderDataModule(LightningDataModule):
         backbone: whose preprocessing (mean/std, resize filter) to apply; linked from the model.
         max_images_per_class: use only the first N images of each class per split (quick runs).
         predict_path: image file or folder for ``lightning-transfer predict``.
+        cache_features: fast feature extraction: run the model's frozen backbone once over each
+            split, cache the features on disk and train the head on them (needs ``augment false``).
+        cache_dir: where cached features live; default ``$XDG_CACHE_HOME/lightning-transfer``
+            (else ``~/.cache/lightning-transfer``).
+        extraction_dtype: ``auto`` (bf16 autocast where the device runs it natively, else fp32),
+            ``bf16`` or ``fp32``.
     """
 
     def __init__(
@@ -146,10 +163,18 @@ class ImageFolderDataModule(LightningDataModule):
         backbone: str = "vgg16",
         max_images_per_class: int | None = None,
         predict_path: str | None = None,
+        cache_features: bool = False,
+        cache_dir: str | None = None,
+        extraction_dtype: ExtractionDtype = "auto",
     ) -> None:
         super().__init__()
         if image_size < 32:
             raise UserError(f"image_size={image_size} is too small; use at least 32 pixels")
+        if cache_features and augment:
+            raise UserError(
+                "data.cache_features true computes each image's features once, so it cannot be combined "
+                "with data.augment true (augmented images change every epoch); set one of them to false"
+            )
         self.root = Path(root).expanduser() if root is not None else None
         self.image_size = image_size
         self.augment = augment
@@ -158,7 +183,10 @@ class ImageFolderDataModule(LightningDataModule):
         self.preprocessing: Preprocessing = get_spec(backbone).preprocessing
         self.max_images_per_class = max_images_per_class
         self.predict_path = predict_path
-        self.datasets: dict[str, ImageFiles] = {}
+        self.cache_features = cache_features
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+        self.extraction_dtype = extraction_dtype
+        self.datasets: dict[str, Dataset] = {}
 
     @property
     def class_names(self) -> list[str]:
@@ -184,6 +212,8 @@ class ImageFolderDataModule(LightningDataModule):
         return ImageFiles(paths, labels, self.transform(train=split == "train"))
 
     def setup(self, stage: str) -> None:
+        if self.cache_features and stage != "predict":
+            self._check_frozen_backbone()
         if stage == "fit":
             self.datasets["train"] = self._labelled("train")
             self.datasets["val"] = self._labelled("val")
@@ -199,13 +229,49 @@ class ImageFolderDataModule(LightningDataModule):
             paths = list_predict_images(self.predict_path)
             self.datasets["predict"] = ImageFiles(paths, None, self.transform(train=False))
 
+    def _model(self) -> TransferClassifier:
+        if self.trainer is None or self.trainer.lightning_module is None:
+            raise UserError(
+                "data.cache_features true extracts features with the model's backbone, so the data "
+                "module must run inside a Trainer (lightning-transfer fit/validate/test)"
+            )
+        return self.trainer.lightning_module
+
+    def _check_frozen_backbone(self) -> None:
+        if not self._model().hparams.get("freeze_backbone", True):
+            raise UserError(
+                "data.cache_features true needs a frozen backbone (its features must not change while "
+                "the head trains); pass --model.freeze_backbone true or --data.cache_features false"
+            )
+
+    def _cached_features(self, split: str) -> Dataset:
+        """The split's features from the cache, extracted (once, by each node's first process) on a miss.
+
+        Called from the dataloader hooks rather than ``setup``: Lightning restores ``--ckpt_path``
+        weights after ``setup``, and the features must come from the weights that will be used.
+        Other processes wait at a barrier and then read what the first one wrote.
+        """
+        trainer = self.trainer
+        backbone = self._model().backbone
+        extractor = FeatureExtractor(backbone, self.extraction_dtype, self.batch_size, self.num_workers)
+        cache = FeatureCache(extractor, self.image_size, self.cache_dir)
+        images = self.datasets[split]
+        features = cache.get(split, images) if trainer.local_rank == 0 else None
+        trainer.strategy.barrier(f"lightning_transfer.features.{split}")
+        return features if features is not None else cache.get(split, images)
+
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
+        dataset = self.datasets[split]
+        if self.cache_features and split != "predict" and isinstance(dataset, ImageFiles):
+            dataset = self.datasets[split] = self._cached_features(split)
+        # features are already in memory: worker processes would only add copies
+        num_workers = 0 if isinstance(dataset, FeatureDataset) else self.num_workers
         return DataLoader(
-            self.datasets[split],
+            dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            num_workers=num_workers,
+            persistent_workers=num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
 
