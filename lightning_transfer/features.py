@@ -114,12 +114,16 @@ class FeatureExtractor:
 
 
 class FeatureDataset(Dataset):
-    """Cached features with their labels and image paths, as the head's training batches want them."""
+    """Cached features with their labels and image paths, as the head's training batches want them.
+
+    Features are converted to float32 once, up front: items are then views and a batch costs one
+    ``torch.stack``, where a per-item conversion would cost a (thread-synchronized) op per sample.
+    """
 
     def __init__(self, features: torch.Tensor, paths: Sequence[Path], labels: Sequence[int]) -> None:
         if len(features) != len(paths) or len(paths) != len(labels):
             raise ValueError(f"{len(features)} features for {len(paths)} paths and {len(labels)} labels")
-        self.features = features
+        self.features = features.float()
         self.paths = list(paths)
         self.labels = list(labels)
 
@@ -127,7 +131,7 @@ class FeatureDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> dict:
-        return {"features": self.features[index].float(), "label": self.labels[index], "path": str(self.paths[index])}
+        return {"features": self.features[index], "label": self.labels[index], "path": str(self.paths[index])}
 
 
 class DamagedCacheError(Exception):

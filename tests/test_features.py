@@ -79,7 +79,9 @@ def fit_on_cached_features(root: Path, weights: Path, cache_dir: Path) -> tuple[
         max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False,
     )
+    threads = torch.get_num_threads()
     trainer.fit(model, data)
+    assert torch.get_num_threads() == threads, "teardown must restore the thread count"
     return data, len(calls)
 
 

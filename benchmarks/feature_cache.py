@@ -1,0 +1,71 @@
+"""Benchmark 2: fast feature extraction, cold (extract + cache) vs warm (cache hit) full ``fit``.
+
+Runs ``lightning-transfer fit --config CONFIG`` twice in this process with a fresh, empty feature
+cache: the first run extracts and caches the features, the second finds them. Both train the same
+head with the same seed, so their val_acc must agree; only the wall time differs.
+
+    python benchmarks/feature_cache.py --max-images-per-class 100
+    python benchmarks/feature_cache.py -- --trainer.max_epochs 10     # extra fit options after --
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = REPO / "configs" / "efficientnet_lite0_feature_extraction.yaml"
+DEFAULT_ROOT = REPO.parent / "shared" / "datasets" / "cats_vs_dogs_small"
+
+
+def best_val_acc(run_dir: Path) -> float:
+    """The ModelCheckpoint's best score, read back from the run's last.ckpt."""
+    from lightning_transfer.checkpoint import read_checkpoint
+
+    (last,) = run_dir.glob("checkpoints/last*.ckpt")
+    states = read_checkpoint(last)["callbacks"].values()
+    return next(float(state["best_model_score"]) for state in states if "best_model_score" in state)
+
+
+def timed_fit(fit_args: list[str], work_dir: Path) -> tuple[float, float]:
+    """(wall seconds, best val_acc) of one ``fit``, logging under ``work_dir``."""
+    from lightning_transfer.cli import main as cli_main
+
+    before = set(work_dir.glob("lightning_logs/version_*"))
+    start = time.perf_counter()
+    cli_main(["fit", *fit_args, "--trainer.default_root_dir", str(work_dir)])
+    seconds = time.perf_counter() - start
+    (run_dir,) = set(work_dir.glob("lightning_logs/version_*")) - before
+    return seconds, best_val_acc(run_dir)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="fit config with data.cache_features true")
+    parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="data root (default: the shared cats-vs-dogs)")
+    parser.add_argument("--max-images-per-class", type=int, help="first N images per class and split (default all)")
+    parser.add_argument("fit_options", nargs="*", help="extra `lightning-transfer fit` options, after --")
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="feature-cache-bench-") as scratch:
+        fit_args = ["--config", str(args.config), "--data.root", str(args.root),
+                    "--data.cache_features", "true", "--data.cache_dir", str(Path(scratch) / "cache")]
+        if args.max_images_per_class:
+            fit_args += ["--data.max_images_per_class", str(args.max_images_per_class)]
+        fit_args += args.fit_options
+        cold_s, cold_acc = timed_fit(fit_args, Path(scratch))
+        warm_s, warm_acc = timed_fit(fit_args, Path(scratch))
+
+    print(f"\nlightning-transfer fit --config {args.config} --data.root {args.root} (fresh cache dir)",
+          *fit_args[8:])
+    print("| run | fit wall time (s) | best val_acc |")
+    print("|---|---|---|")
+    print(f"| cold (extract + cache) | {cold_s:.1f} | {cold_acc:.4f} |")
+    print(f"| warm (cache hit) | {warm_s:.1f} | {warm_acc:.4f} |")
+    print(f"| **ratio cold / warm** | **{cold_s / warm_s:.1f}x** | |")
+
+
+if __name__ == "__main__":
+    main()
