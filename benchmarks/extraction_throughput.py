@@ -49,7 +49,7 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def measure(method: str, args: argparse.Namespace) -> tuple[float, float, str]:
-    """(images/s, peak memory MB, extractor dtype) of one method, in this (fresh) process."""
+    """(images/s, peak memory MB, the extractor's settings) of one method, in this (fresh) process."""
     from lightning_transfer.backbones import create_backbone
     from lightning_transfer.features import FeatureExtractor
 
@@ -69,10 +69,13 @@ def measure(method: str, args: argparse.Namespace) -> tuple[float, float, str]:
     run(images)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return len(images) / (time.perf_counter() - start), peak_memory_mb(device), extractor.dtype
+    setup = f"{extractor.dtype}, channels_last, {extractor.threads} threads"
+    return len(images) / (time.perf_counter() - start), peak_memory_mb(device), setup
 
 
 def _measure_in_child(method: str, args: argparse.Namespace, queue: multiprocessing.Queue) -> None:
+    # a spawned child defaults to spawning too; fork the loader workers as a normal run does
+    multiprocessing.set_start_method("fork", force=True)
     queue.put(measure(method, args))
 
 
@@ -115,8 +118,8 @@ def main(argv: list[str] | None = None) -> None:
     print("| backbone | px | plain fp32 img/s | FeatureExtractor img/s | ratio | plain peak MB | ours peak MB |")
     print("|---|---|---|---|---|---|---|")
     for backbone, size, results in rows:
-        (plain, plain_mb, _), (ours, ours_mb, dtype) = results["plain fp32"], results["FeatureExtractor"]
-        print(f"| {backbone} | {size} | {plain:.1f} | {ours:.1f} ({dtype}, channels_last) | "
+        (plain, plain_mb, _), (ours, ours_mb, setup) = results["plain fp32"], results["FeatureExtractor"]
+        print(f"| {backbone} | {size} | {plain:.1f} | {ours:.1f} ({setup}) | "
               f"{ours / plain:.2f}x | {plain_mb:.0f} | {ours_mb:.0f} |")
 
 
