@@ -69,7 +69,7 @@ def measure(method: str, args: argparse.Namespace) -> tuple[float, float, str]:
     run(images)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    setup = f"{extractor.dtype}, channels_last, {extractor.threads} threads"
+    setup = f"{extractor.dtype}, channels_last, threads={extractor.threads}"
     return len(images) / (time.perf_counter() - start), peak_memory_mb(device), setup
 
 

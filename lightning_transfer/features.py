@@ -99,7 +99,7 @@ class FeatureExtractor:
         self.threads = extraction_threads(num_workers) if self.device.type == "cpu" else torch.get_num_threads()
 
     def describe(self) -> str:
-        return f"{self.dtype}, channels_last, {self.device}, {self.threads} threads, {self.num_workers} loader workers"
+        return f"{self.dtype}, channels_last, {self.device}, threads={self.threads}, loader workers={self.num_workers}"
 
     @property
     def storage_dtype(self) -> torch.dtype:
