@@ -21,13 +21,13 @@ from torchvision.transforms import v2
 
 from lightning_transfer.backbones import Preprocessing, get_spec
 from lightning_transfer.errors import UserError
+from lightning_transfer.files import default_cache_dir
 from lightning_transfer.image_check import OnBadImage, decode_rgb, describe_error, find_bad_images, screen_images
 from lightning_transfer.features import (
     ExtractionDtype,
     FeatureCache,
     FeatureDataset,
     FeatureExtractor,
-    default_cache_dir,
 )
 
 if TYPE_CHECKING:

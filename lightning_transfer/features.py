@@ -11,8 +11,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
-import tempfile
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -26,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from lightning_transfer.backbones import Backbone
+from lightning_transfer.files import write_atomically
 
 if TYPE_CHECKING:
     from lightning_transfer.data import ImageFiles
@@ -33,12 +32,6 @@ if TYPE_CHECKING:
 ExtractionDtype = Literal["auto", "bf16", "fp32"]
 FORMAT = "lightning-transfer-features/1"
 """Bump when the file layout or the meaning of a key field changes: old files then simply miss."""
-
-
-def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/lightning-transfer``, else ``~/.cache/lightning-transfer``: never the source tree."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "lightning-transfer"
 
 
 def bf16_supported(device: torch.device) -> bool:
@@ -158,25 +151,6 @@ def _checksum(features: torch.Tensor) -> str:
     return hashlib.sha256(features.contiguous().view(torch.uint8).numpy()).hexdigest()
 
 
-def write_atomically(path: Path, features: torch.Tensor, metadata: dict[str, str]) -> None:
-    """Write to a temp file in the same folder, flush it to disk, then rename over ``path``.
-
-    A crash at any point leaves either no file or the complete old one, never a partial file
-    under the final name.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        save_file({"features": features}, temp, metadata={**metadata, "sha256": _checksum(features)})
-        with open(temp, "rb+") as file:
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
 def read_checked(path: Path, key_json: str, count: int) -> torch.Tensor:
     """The features stored at ``path``, or DamagedCacheError if anything about the file is off."""
     try:
@@ -202,10 +176,10 @@ class FeatureCache:
     mtime. Any change is a different file (a miss); the same inputs find the same file (a hit).
     """
 
-    def __init__(self, extractor: FeatureExtractor, image_size: int, cache_dir: str | Path | None = None) -> None:
+    def __init__(self, extractor: FeatureExtractor, image_size: int, cache_dir: Path) -> None:
         self.extractor = extractor
         self.image_size = image_size
-        self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+        self.cache_dir = cache_dir
         self.weights_digest = extractor.backbone.weights_digest()
 
     @property
@@ -251,7 +225,8 @@ class FeatureCache:
         start = time.perf_counter()
         features = self.extractor(images, desc=f"features [{split}]")
         seconds = time.perf_counter() - start
-        write_atomically(path, features, {"format": FORMAT, "key": key_json})
+        metadata = {"format": FORMAT, "key": key_json, "sha256": _checksum(features)}
+        write_atomically(path, lambda temp: save_file({"features": features}, temp, metadata=metadata))
         print(f"features [{split}]: extracted {len(images)} images in {seconds:.1f} s "
               f"({len(images) / seconds:.1f} img/s), cached at {path}")
         return FeatureDataset(features, images.paths, images.labels)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +25,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from lightning_transfer.errors import UserError
+from lightning_transfer.files import default_cache_dir, write_atomically
 
 CHECK_VERSION = 1
 """Bump when what counts as readable changes, so cached verdicts are redone."""
@@ -91,24 +91,6 @@ def problem_with(path: Path) -> str | None:
     return None
 
 
-def cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/lightning-transfer``, else ``~/.cache/lightning-transfer``."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lightning-transfer"
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder + rename, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as file:
-            file.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def _cache_entry(absolute_paths: Sequence[str]) -> Path:
     """Cache file named by the file list (absolute paths, sizes, mtimes) and what the check depends on."""
     entries = []
@@ -119,7 +101,7 @@ def _cache_entry(absolute_paths: Sequence[str]) -> Path:
         except OSError:
             entries.append((path, -1, -1))
     key = json.dumps([CHECK_VERSION, PIL.__version__, Image.MAX_IMAGE_PIXELS, entries])
-    return cache_dir() / "image-check" / f"{hashlib.sha256(key.encode()).hexdigest()}.json"
+    return default_cache_dir() / "image-check" / f"{hashlib.sha256(key.encode()).hexdigest()}.json"
 
 
 def _read_cached(entry: Path) -> dict[str, str] | None:
@@ -146,7 +128,8 @@ def find_bad_images(paths: Sequence[Path]) -> dict[Path, str]:
             )
             cached = {name: problem for name, problem in zip(absolute, problems) if problem}
         try:
-            write_atomic(entry, json.dumps({"version": CHECK_VERSION, "checked": len(paths), "bad": cached}))
+            text = json.dumps({"version": CHECK_VERSION, "checked": len(paths), "bad": cached})
+            write_atomically(entry, lambda temp: temp.write_text(text))
         except OSError as err:
             warnings.warn(f"could not cache the image check in {str(entry.parent)!r} ({err}); it will be redone")
     return {path: cached[name] for path, name in zip(paths, absolute) if name in cached}
@@ -162,7 +145,8 @@ def write_report(report: Path, where: str, bad: dict[Path, str], ignored: Sequen
     lines += [f"  {path.absolute()}: {reason}" for path, reason in bad.items()]
     lines += [f"{_plural(len(ignored), 'non-image file')} in the class folders, ignored:"]
     lines += [f"  {path.absolute()}" for path in ignored]
-    write_atomic(report, "\n".join(lines) + "\n")
+    text = "\n".join(lines) + "\n"
+    write_atomically(report, lambda temp: temp.write_text(text))
 
 
 def screen_images(

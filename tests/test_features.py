@@ -18,7 +18,8 @@ from lightning_transfer.backbones import Backbone, create_backbone, get_spec
 from lightning_transfer.checkpoint import load_model
 from lightning_transfer.data import ImageFiles, ImageFolderDataModule
 from lightning_transfer.errors import UserError
-from lightning_transfer.features import FeatureCache, FeatureExtractor, default_cache_dir
+from lightning_transfer.features import FeatureCache, FeatureExtractor
+from lightning_transfer.files import default_cache_dir
 from lightning_transfer.model import TransferClassifier
 
 BACKBONE = "efficientnet_lite0"  # real offline ImageNet weights, and cheap at 64 px
