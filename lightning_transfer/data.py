@@ -134,18 +134,39 @@ def augmentation() -> v2.Compose:
 
 
 class ImageFiles(Dataset):
-    """Image files with optional labels; yields dicts so images, labels and paths stay together."""
+    """Image files with optional labels; yields dicts so images, labels and paths stay together.
 
-    def __init__(self, paths: Sequence[Path], labels: Sequence[int] | None, transform: Callable) -> None:
+    With ``decode_once`` (the resize step of ``transform``), each image is decoded and resized only
+    the first time this process reads it and kept as a uint8 tensor; later epochs run only the
+    rest of ``transform`` (augmentation, normalization) on it. Same pixels either way: the resize
+    of an image already at the target size is a no-op.
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        labels: Sequence[int] | None,
+        transform: Callable,
+        decode_once: Callable | None = None,
+    ) -> None:
         self.paths = list(paths)
         self.labels = list(labels) if labels is not None else None
         self.transform = transform
+        self.decode_once = decode_once
+        self.decoded: dict[int, torch.Tensor] = {}
 
     def __len__(self) -> int:
         return len(self.paths)
 
+    def _pixels(self, index: int) -> Image.Image | torch.Tensor:
+        if self.decode_once is None:
+            return load_rgb(self.paths[index])
+        if index not in self.decoded:
+            self.decoded[index] = self.decode_once(v2.functional.pil_to_tensor(load_rgb(self.paths[index])))
+        return self.decoded[index]
+
     def __getitem__(self, index: int) -> dict:
-        item = {"image": self.transform(load_rgb(self.paths[index])), "path": str(self.paths[index])}
+        item = {"image": self.transform(self._pixels(index)), "path": str(self.paths[index])}
         if self.labels is not None:
             item["label"] = self.labels[index]
         return item
@@ -167,6 +188,8 @@ class ImageFolderDataModule(LightningDataModule):
         backbone: whose preprocessing (mean/std, resize filter) to apply; linked from the model.
         max_images_per_class: use only the first N images of each class per split (quick runs).
         predict_path: image file or folder for ``lightning-transfer predict``.
+        keep_decoded: keep each image decoded and resized in memory (uint8, about 150 KB at 224 px,
+            per loader worker) after its first read, so augmented epochs skip JPEG decoding.
         url: zip archive to download and extract into ``root`` when ``root`` has no ``train/`` yet
             (e.g. ``lightning_transfer.download.CATS_AND_DOGS_FILTERED_URL``).
         on_bad_image: what to do with files that do not decode, found by a check before the run
@@ -189,6 +212,7 @@ class ImageFolderDataModule(LightningDataModule):
         backbone: str = "vgg16",
         max_images_per_class: int | None = None,
         predict_path: str | None = None,
+        keep_decoded: bool = False,
         url: str | None = None,
         on_bad_image: OnBadImage = "skip",
         cache_features: bool = False,
@@ -211,6 +235,7 @@ class ImageFolderDataModule(LightningDataModule):
         self.preprocessing: Preprocessing = get_spec(backbone).preprocessing
         self.max_images_per_class = max_images_per_class
         self.predict_path = predict_path
+        self.keep_decoded = keep_decoded
         self.url = url
         self.on_bad_image = on_bad_image
         self.cache_features = cache_features
@@ -276,7 +301,8 @@ class ImageFolderDataModule(LightningDataModule):
     def _labelled(self, split: str) -> ImageFiles:
         samples = self.split_samples(split)
         paths, labels = zip(*samples)
-        return ImageFiles(paths, labels, self.transform(train=split == "train"))
+        decode_once = self.preprocessing.resize(self.image_size) if self.keep_decoded else None
+        return ImageFiles(paths, labels, self.transform(train=split == "train"), decode_once)
 
     def setup(self, stage: str) -> None:
         if self.cache_features and stage != "predict":

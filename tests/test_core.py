@@ -185,3 +185,24 @@ def test_efficientnet_lite0_frozen_reaches_real_accuracy(shared_data, tmp_path):
     scores = [state["best_model_score"] for state in best["callbacks"].values() if state.get("monitor") == "val_acc"]
     val_acc = max(score.item() for score in scores)
     assert val_acc >= 0.93, val_acc
+
+
+def test_keep_decoded_reads_each_file_once_with_the_same_pixels(tiny_data, monkeypatch):
+    """Augmented epochs from decoded uint8 tensors: one decode per file, identical eval pixels."""
+    import lightning_transfer.data as data_module
+
+    plain = ImageFolderDataModule(root=str(tiny_data), image_size=48, num_workers=0)
+    kept = ImageFolderDataModule(root=str(tiny_data), image_size=48, num_workers=0, keep_decoded=True, augment=True)
+    plain.setup("fit")
+    kept.setup("fit")
+    for index in range(len(plain.datasets["val"])):
+        assert torch.equal(plain.datasets["val"][index]["image"], kept.datasets["val"][index]["image"])
+
+    reads: list[str] = []
+    real_load_rgb = data_module.load_rgb
+    monkeypatch.setattr(data_module, "load_rgb", lambda path: reads.append(str(path)) or real_load_rgb(path))
+    train = kept.datasets["train"]
+    first = [train[index]["image"] for index in range(len(train))]
+    second = [train[index]["image"] for index in range(len(train))]
+    assert sorted(reads) == sorted(str(path) for path in train.paths)  # epoch 2 decoded nothing
+    assert any(not torch.equal(a, b) for a, b in zip(first, second))  # still augmented afresh
