@@ -213,10 +213,6 @@ def create_backbone(name: str, weights: str = "imagenet") -> Backbone:
     return Backbone(spec, spec.to_blocks(load_source(spec, weights)))
 
 
-def _strip_prefix(state: StateDict, prefix: str) -> StateDict:
-    return {key.removeprefix(prefix): value for key, value in state.items()}
-
-
 # --------------------------------------------------------------------------------------- VGG16
 
 

@@ -1,4 +1,4 @@
-"""``lightning-transfer``: LightningCLI for fit/validate/test/predict.
+"""lightning-transfer: fit, validate, test and predict image classifiers with LightningCLI.
 
 The CLI's only jobs beyond LightningCLI's: tell the model its class names (from the data's train
 folder, or from the checkpoint), rebuild a checkpointed model without fetching pretrained weights

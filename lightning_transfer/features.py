@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from lightning_transfer.backbones import Backbone
+from lightning_transfer.errors import UserError
 from lightning_transfer.files import write_atomically
 
 if TYPE_CHECKING:
@@ -112,7 +113,8 @@ class FeatureExtractor:
                 features[start : start + len(batch_features)] = batch_features
                 start += len(batch_features)
                 progress.update(len(batch_features))
-        assert features is not None, "no images to extract features from"
+        if features is None:
+            raise UserError(f"{desc}: no images to extract features from")
         return features
 
     def _forward(self, images: torch.Tensor) -> torch.Tensor:
