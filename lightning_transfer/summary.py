@@ -6,20 +6,23 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from PIL import Image
 from tqdm import tqdm
 
-from lightning_transfer.data import SPLITS, class_names_of, is_image_file, load_rgb
+from lightning_transfer.data import SPLITS, class_names_of, is_image_file
 from lightning_transfer.errors import UserError
+from lightning_transfer.image_check import find_bad_images
 
 SHOWN_BAD_FILES = 20
+ROTATED_A_QUARTER = {5, 6, 7, 8}
+"""EXIF orientations that swap width and height when applied (as training does)."""
 
 
 def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) of a fully decoded image; raises UserError for a file training could not read.
-
-    The one place that decides whether an image is bad, so a stricter check can replace it.
-    """
-    return load_rgb(path).size
+    """(width, height) as training sees the image (EXIF orientation applied), read from the header."""
+    with Image.open(path) as image:
+        width, height = image.size
+        return (height, width) if image.getexif().get(0x0112) in ROTATED_A_QUARTER else (width, height)
 
 
 @dataclass
@@ -54,7 +57,7 @@ class DatasetSummary:
 
 
 def summarize(root: Path) -> DatasetSummary:
-    """Decode every image under ``root/{train,val,test}/<class>/`` and tally what was found."""
+    """Check every image under ``root/{train,val,test}/<class>/`` (as training would) and tally them."""
     root = root.expanduser()
     splits = [split for split in SPLITS if (root / split).is_dir()]
     if not splits:
@@ -65,18 +68,15 @@ def summarize(root: Path) -> DatasetSummary:
         for split in splits
         for name in class_names_of(root / split)
     }
-    with tqdm(total=sum(map(len, files.values())), unit="file", desc=f"reading {root}") as progress:
+    images = [path for paths in files.values() for path in paths if is_image_file(path)]
+    bad = find_bad_images(images)  # the same verdict (and cache) as the check before training
+    summary.bad_files = [f"cannot read image {str(path)!r}: {reason}" for path, reason in bad.items()]
+    with tqdm(total=len(images) - len(bad), unit="img", desc=f"reading sizes in {root}") as progress:
         for (split, name), paths in files.items():
-            readable = 0
-            for path in paths:
+            readable = [path for path in paths if is_image_file(path) and path not in bad]
+            summary.other_files += sum(not is_image_file(path) for path in paths)
+            for path in readable:
+                summary.sizes.append(image_size(path))
                 progress.update()
-                if not is_image_file(path):
-                    summary.other_files += 1
-                    continue
-                try:
-                    summary.sizes.append(image_size(path))
-                    readable += 1
-                except UserError as err:
-                    summary.bad_files.append(str(err))
-            summary.counts.setdefault(split, {})[name] = readable
+            summary.counts.setdefault(split, {})[name] = len(readable)
     return summary
