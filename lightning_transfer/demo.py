@@ -112,8 +112,8 @@ def build_demo(
     classes = ", ".join(model.class_names)
 
     def on_predict(upload: Upload) -> tuple[dict[str, float], Image.Image]:
-        image = read_upload(upload)
-        return predict(model, image), gradcam_view(model, image).overlay
+        view = gradcam_view(model, read_upload(upload))  # its forward pass gives the probabilities too
+        return view.probabilities, view.overlay
 
     def on_activations(upload: Upload, layer: str) -> tuple[list[tuple[Image.Image, str]], str]:
         if not upload:  # the layer changed before any image was given: nothing to show yet

@@ -126,14 +126,19 @@ class GradCamView:
 
     target: str
     """The explained class."""
-    probability: float
-    """The model's probability for that class."""
+    probabilities: dict[str, float]
+    """The model's probability for every class (the prediction Grad-CAM was computed on)."""
     cam: torch.Tensor
     """(H, W) Grad-CAM in [0, 1] at the model's input size; all zero when nothing counts for the target."""
     heatmap: Image.Image
     """Colored heatmap at the image's size."""
     overlay: Image.Image
     """Heatmap blended over the image."""
+
+    @property
+    def probability(self) -> float:
+        """The model's probability for the explained class."""
+        return self.probabilities[self.target]
 
 
 def gradcam_view(model: Classifier, image: Image.Image, target: str | None = None) -> GradCamView:
@@ -145,7 +150,7 @@ def gradcam_view(model: Classifier, image: Image.Image, target: str | None = Non
     cam = gradcam(model, batch, index)[0].cpu()
     return GradCamView(
         target=model.class_names[index],
-        probability=float(probabilities[index]),
+        probabilities=dict(zip(model.class_names, probabilities.tolist())),
         cam=cam,
         heatmap=heatmap_image(cam, image.size),
         overlay=overlay(image, cam),
