@@ -8,6 +8,7 @@ epochs of its own run (a run resumed with ``--ckpt_path`` starts its figure at t
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -57,23 +58,36 @@ def plot_curves(history: Sequence[dict[str, float]], path: Path, smoothing: floa
 
 
 class TrainingCurves(Callback):
-    """Writes ``training_curves.png`` to the run's log directory after every epoch of ``fit``.
+    """Writes ``training_curves.png`` to the run's log directory during and at the end of ``fit``.
+
+    Drawing the figure takes a few tenths of a second, about as long as a whole head epoch on
+    cached features, so during training it is redrawn at most every ``every_seconds``; the final
+    figure is always written when training ends, is stopped, or fails.
 
     Args:
         smoothing: exponential-moving-average factor for the curves (the book uses 0.8); 0 plots
             the raw per-epoch values.
         filename: file name inside the run's log directory.
+        every_seconds: least time between two redraws while training; 0 redraws after every epoch.
     """
 
-    def __init__(self, smoothing: float = 0.0, filename: str = "training_curves.png") -> None:
+    def __init__(self, smoothing: float = 0.0, filename: str = "training_curves.png", every_seconds: float = 30.0) -> None:
         if not 0 <= smoothing < 1:
             raise UserError(f"--curves.smoothing={smoothing}: use a factor in [0, 1), e.g. 0.8 as in the book")
+        if every_seconds < 0:
+            raise UserError(f"--curves.every_seconds={every_seconds}: use a number of seconds >= 0")
         self.smoothing = smoothing
         self.filename = filename
+        self.every_seconds = every_seconds
         self.history: list[dict[str, float]] = []
+        self._path: Path | None = None
+        self._drawn_rows = 0
+        self._drawn_at = 0.0
 
-    def path(self, trainer: Trainer) -> Path:
-        return Path(trainer.log_dir or ".") / self.filename
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # on every process: trainer.log_dir is a collective call, so it is not made in on_exception
+        self._path = Path(trainer.log_dir or ".") / self.filename
+        self._drawn_at = time.monotonic()
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking:
@@ -81,11 +95,22 @@ class TrainingCurves(Callback):
         row = {"epoch": float(trainer.current_epoch)}
         row.update({key: float(trainer.callback_metrics[key]) for key in METRICS if key in trainer.callback_metrics})
         self.history.append(row)
-        path = self.path(trainer)  # on every process: trainer.log_dir is a collective call
-        if trainer.is_global_zero:
-            plot_curves(self.history, path, self.smoothing)
+        if time.monotonic() - self._drawn_at >= self.every_seconds:
+            self._draw(trainer)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._draw(trainer)
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self._draw(trainer)
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        path = self.path(trainer)
-        if trainer.is_global_zero and self.history:
-            print(f"wrote training curves to {path}")
+        if trainer.is_global_zero and self.history and self._path is not None:
+            print(f"wrote training curves to {self._path}")
+
+    def _draw(self, trainer: Trainer) -> None:
+        """Redraw the figure if epochs were added since the last time (on the global-zero process)."""
+        if trainer.is_global_zero and self._path is not None and len(self.history) > self._drawn_rows:
+            plot_curves(self.history, self._path, self.smoothing)
+            self._drawn_rows = len(self.history)
+        self._drawn_at = time.monotonic()

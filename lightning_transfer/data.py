@@ -342,7 +342,7 @@ class ImageFolderDataModule(LightningDataModule):
             )
 
     def _use_cached_features(self) -> None:
-        """Swap this stage's image sets for their cached features (extracted on a miss), once.
+        """Swap this stage's image sets for their cached features (extracted on a miss), pooled, once.
 
         Done in the first dataloader hook rather than ``setup``: Lightning restores ``--ckpt_path``
         weights after ``setup``, and the features must come from the weights that will be used.
@@ -354,14 +354,16 @@ class ImageFolderDataModule(LightningDataModule):
         splits = [split for split, data in self.datasets.items() if isinstance(data, ImageFiles) and split != "predict"]
         if not splits:
             return
-        trainer = self.trainer
-        extractor = FeatureExtractor(self._model().backbone, self.extraction_dtype, self.batch_size, self.num_workers)
+        trainer, model = self.trainer, self._model()
+        extractor = FeatureExtractor(model.backbone, self.extraction_dtype, self.batch_size, self.num_workers)
         cache = FeatureCache(extractor, self.image_size, self.cache_dir)
         for split in splits:
             images = self.datasets[split]
             features = cache.get(split, images) if trainer.local_rank == 0 else None
             trainer.strategy.barrier(f"lightning_transfer.features.{split}")
-            self.datasets[split] = features if features is not None else cache.get(split, images)
+            if features is None:
+                features = cache.get(split, images)
+            self.datasets[split] = FeatureDataset(model.pool(features), images.paths, images.labels)
         if self._threads_before_features is None:
             self._threads_before_features = torch.get_num_threads()
             torch.set_num_threads(1)

@@ -2,8 +2,9 @@
 
 Book experiment 1, done so it pays off more than once: a later run that asks for the same features
 (same weights, image size, preprocessing, dtype and image files) loads them in a fraction of a
-second instead of pushing every image through the conv base again. The head then trains on
-``{"features", "label", "path"}`` batches, which ``TransferClassifier.logits`` already accepts.
+second instead of pushing every image through the conv base again. The head's pool step then runs
+once over them (``TransferClassifier.pool``), and its dense layers train on
+``{"pooled_features", "label", "path"}`` batches, which ``TransferClassifier.logits`` accepts.
 """
 
 from __future__ import annotations
@@ -125,16 +126,13 @@ class FeatureExtractor:
 
 
 class FeatureDataset(Dataset):
-    """Cached features with their labels and image paths, as the head's training batches want them.
+    """Pooled features (``TransferClassifier.pool``: float32 input of the head's dense layers) with
+    their labels and image paths, in memory."""
 
-    Features are converted to float32 once, up front: items are then views and a batch costs one
-    ``torch.stack``, where a per-item conversion would cost a (thread-synchronized) op per sample.
-    """
-
-    def __init__(self, features: torch.Tensor, paths: Sequence[Path], labels: Sequence[int]) -> None:
-        if len(features) != len(paths) or len(paths) != len(labels):
-            raise ValueError(f"{len(features)} features for {len(paths)} paths and {len(labels)} labels")
-        self.features = features.float()
+    def __init__(self, pooled: torch.Tensor, paths: Sequence[Path], labels: Sequence[int]) -> None:
+        if len(pooled) != len(paths) or len(paths) != len(labels):
+            raise ValueError(f"{len(pooled)} features for {len(paths)} paths and {len(labels)} labels")
+        self.pooled = pooled
         self.paths = list(paths)
         self.labels = list(labels)
 
@@ -142,7 +140,7 @@ class FeatureDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> dict:
-        return {"features": self.features[index], "label": self.labels[index], "path": str(self.paths[index])}
+        return {"pooled_features": self.pooled[index], "label": self.labels[index], "path": str(self.paths[index])}
 
 
 class DamagedCacheError(Exception):
@@ -208,8 +206,9 @@ class FeatureCache:
         digest = hashlib.sha256(key_json.encode()).hexdigest()[:24]
         return self.cache_dir / "features" / self.backbone_name / f"{split}-{digest}.safetensors"
 
-    def get(self, split: str, images: ImageFiles) -> FeatureDataset:
-        """Features of ``images`` (a split's ``ImageFiles``, transform without augmentation)."""
+    def get(self, split: str, images: ImageFiles) -> torch.Tensor:
+        """Backbone features of ``images`` (a split's ``ImageFiles``, transform without augmentation),
+        one row per image, in the extraction's storage dtype."""
         key_json = json.dumps(self.key(images), sort_keys=True)
         path = self.path(split, key_json)
         if path.exists():
@@ -221,7 +220,7 @@ class FeatureCache:
             else:
                 print(f"features [{split}]: cache hit, {len(images)} images loaded from {path} "
                       f"in {time.perf_counter() - start:.2f} s")
-                return FeatureDataset(features, images.paths, images.labels)
+                return features
         print(f"features [{split}]: cache miss, extracting {len(images)} images with {self.backbone_name} "
               f"({self.extractor.describe()})")
         start = time.perf_counter()
@@ -231,4 +230,4 @@ class FeatureCache:
         write_atomically(path, lambda temp: save_file({"features": features}, temp, metadata=metadata))
         print(f"features [{split}]: extracted {len(images)} images in {seconds:.1f} s "
               f"({len(images) / seconds:.1f} img/s), cached at {path}")
-        return FeatureDataset(features, images.paths, images.labels)
+        return features

@@ -93,9 +93,9 @@ def test_second_fit_hits_the_cache_without_backbone_forward(data: Path, tmp_path
     assert first_calls > 0
     assert second_calls == 0
     for split in ("train", "val"):
-        assert torch.equal(first.datasets[split].features, second.datasets[split].features)
+        assert torch.equal(first.datasets[split].pooled, second.datasets[split].pooled)
     item = second.datasets["train"][0]
-    assert set(item) == {"features", "label", "path"} and item["features"].dtype == torch.float32
+    assert set(item) == {"pooled_features", "label", "path"} and item["pooled_features"].dtype == torch.float32
 
 
 def test_changed_inputs_invalidate_the_cache(backbone: Backbone, data: Path, tmp_path: Path) -> None:
@@ -129,8 +129,8 @@ def test_other_weights_file_invalidates_the_cache(data: Path, tmp_path: Path) ->
     one = create_backbone(BACKBONE, str(weights_file(tmp_path / "one.pth", seed=1)))
     two = create_backbone(BACKBONE, str(weights_file(tmp_path / "two.pth", seed=2)))
     one_calls, two_calls = count_forwards(one), count_forwards(two)
-    features_one = cache_for(one, tmp_path / "cache").get("train", images).features
-    features_two = cache_for(two, tmp_path / "cache").get("train", images).features
+    features_one = cache_for(one, tmp_path / "cache").get("train", images)
+    features_two = cache_for(two, tmp_path / "cache").get("train", images)
     assert one_calls and two_calls
     assert not torch.equal(features_one, features_two)
 
@@ -149,16 +149,16 @@ def flip_last_byte(path: Path) -> None:
 def test_damaged_cache_file_is_rebuilt_not_loaded(backbone: Backbone, data: Path, tmp_path: Path, damage) -> None:
     images = image_files(data)
     cache = cache_for(backbone, tmp_path / "cache")
-    expected = cache.get("train", images).features
+    expected = cache.get("train", images)
     (path,) = (tmp_path / "cache").rglob("*.safetensors")
     damage(path)
     calls = count_forwards(backbone)
     with pytest.warns(UserWarning, match="damaged"):
-        rebuilt = cache.get("train", images).features
+        rebuilt = cache.get("train", images)
     assert calls, "the damaged file must be re-extracted"
     assert torch.equal(rebuilt, expected)
     hits_before = len(calls)
-    assert torch.equal(cache.get("train", images).features, expected)
+    assert torch.equal(cache.get("train", images), expected)
     assert len(calls) == hits_before, "the rebuilt file must load as a hit"
 
 
@@ -187,6 +187,20 @@ def test_fast_path_matches_plain_fp32(backbone: Backbone, tiny_data: Path) -> No
     cosine = torch.nn.functional.cosine_similarity(bf16.float().flatten(1), plain.flatten(1))
     assert cosine.min() > 0.99, f"bf16 features drift from fp32: min cosine {cosine.min():.4f}"
     assert all(p.is_contiguous() for p in backbone.parameters()), "extraction must restore the layout"
+
+
+@pytest.mark.parametrize("pool", ["avg", "flatten"])
+def test_pooled_features_give_the_heads_own_logits(pool: str) -> None:
+    """Pooling the cached features once, up front, then the dense layers == the whole head per batch."""
+    torch.manual_seed(0)
+    model = TransferClassifier(backbone="vgg16", weights="none", image_size=TINY_SIZE, pool=pool).eval()
+    features = torch.randn(7, *model.backbone.output_shape(TINY_SIZE)).to(torch.bfloat16)  # as cached in bf16
+    pooled = model.pool(features, chunk_size=3)
+    assert pooled.dtype == torch.float32 and pooled.shape[0] == 7
+    with torch.no_grad():
+        expected = model.head(features.float())
+        actual = model.logits({"pooled_features": pooled})
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.slow

@@ -11,9 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO, run_cli
-from lightning_transfer import report
-from lightning_transfer.curves import plot_curves, smooth
+from lightning import Callback, Trainer
+
+from conftest import REPO, TINY_SIZE, run_cli
+from lightning_transfer import curves, report
+from lightning_transfer.curves import TrainingCurves, plot_curves, smooth
+from lightning_transfer.data import ImageFolderDataModule
+from lightning_transfer.model import TransferClassifier
 
 CONFIG = str(REPO / "configs" / "vgg16_feature_extraction_augmented.yaml")
 
@@ -33,6 +37,45 @@ def test_plot_curves_writes_a_png(tmp_path: Path) -> None:
     path = plot_curves(history, tmp_path / "curves.png", smoothing=0.8)
     with Image.open(path) as image:
         assert image.format == "PNG" and image.width > image.height
+
+
+class StopAtEpoch(Callback):
+    """Raises KeyboardInterrupt at the start of epoch ``epoch``, as Ctrl-C would."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: TransferClassifier) -> None:
+        if trainer.current_epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize(
+    ("every_seconds", "stop_at", "expected_draws"),
+    [(0, None, [1, 2, 3]), (3600, None, [3]), (3600, 2, [2])],
+    ids=["every-epoch", "throttled-drawn-at-end", "throttled-drawn-on-interrupt"],
+)
+def test_curves_are_redrawn_at_most_every_n_seconds_and_always_at_the_end(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    every_seconds: float, stop_at: int | None, expected_draws: list[int],
+) -> None:
+    """Each draw is recorded by the number of epochs it shows; the last draw shows every finished epoch."""
+    draws: list[int] = []
+    monkeypatch.setattr(curves, "plot_curves", lambda history, path, smoothing: draws.append(len(history)))
+    callbacks = [TrainingCurves(every_seconds=every_seconds)] + ([StopAtEpoch(stop_at)] if stop_at else [])
+    trainer = Trainer(
+        max_epochs=3, accelerator="cpu", default_root_dir=tmp_path, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks,
+        limit_train_batches=1, limit_val_batches=1,
+    )
+    model = TransferClassifier(backbone="vgg16", weights="none", class_names=["cat", "dog"], image_size=TINY_SIZE)
+    data = ImageFolderDataModule(str(tiny_data), image_size=TINY_SIZE, backbone="vgg16", num_workers=0, batch_size=2)
+    if stop_at is None:
+        trainer.fit(model, data)
+    else:
+        with pytest.raises(SystemExit):  # Lightning's answer to Ctrl-C during fit
+            trainer.fit(model, data)
+    assert draws == expected_draws
 
 
 def test_fit_writes_curves_and_logs_into_one_run_folder(tiny_checkpoint: Path) -> None:
