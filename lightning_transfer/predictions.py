@@ -12,7 +12,11 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 
 
 class PredictionCSVWriter(BasePredictionWriter):
-    """Collects predictions and writes them once, at the end of ``predict``.
+    """Collects predictions and writes them once, at the end of ``predict``, in the images' order.
+
+    With several processes (DDP) each predicts a share of the images; the shares are gathered and
+    rank 0 writes the one file. Lightning's distributed sampler pads the shares to equal length with
+    repeated images, so each path is written once.
 
     Args:
         output: CSV file to write; default ``predictions.csv`` in the run's log directory.
@@ -25,17 +29,25 @@ class PredictionCSVWriter(BasePredictionWriter):
     def write_on_epoch_end(
         self, trainer: Trainer, pl_module: LightningModule, predictions: Any, batch_indices: Any
     ) -> None:
-        output = Path(self.output or Path(trainer.log_dir or ".") / "predictions.csv")
-        output.parent.mkdir(parents=True, exist_ok=True)
+        output = Path(self.output or Path(trainer.log_dir or ".") / "predictions.csv")  # collective: every rank
+        rows = {
+            path: probabilities.tolist()
+            for batch in predictions
+            for path, probabilities in zip(batch["path"], batch["probabilities"].float().cpu())
+        }
+        if trainer.world_size > 1:
+            shares: list[dict[str, list[float]] | None] = [None] * trainer.world_size
+            torch.distributed.all_gather_object(shares, rows)
+            rows = {path: probs for share in shares for path, probs in share.items()}
+        if not trainer.is_global_zero:
+            return
         class_names = pl_module.class_names
-        rows = 0
+        output.parent.mkdir(parents=True, exist_ok=True)
         with output.open("w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["path", "label", *(f"p_{name}" for name in class_names)])
-            for batch in predictions:
-                probabilities: torch.Tensor = batch["probabilities"].float().cpu()
-                for path, probs in zip(batch["path"], probabilities):
-                    label = class_names[int(probs.argmax())]
-                    writer.writerow([path, label, *(f"{p:.6f}" for p in probs.tolist())])
-                    rows += 1
-        print(f"wrote {rows} predictions to {output}")
+            for path in sorted(rows, key=Path):  # the order predict lists the images in
+                probs = rows[path]
+                label = class_names[max(range(len(probs)), key=probs.__getitem__)]
+                writer.writerow([path, label, *(f"{p:.6f}" for p in probs)])
+        print(f"wrote {len(rows)} predictions to {output}")

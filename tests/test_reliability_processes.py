@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -95,3 +97,31 @@ def test_two_process_ddp_fit_on_cpu_checks_images_once_and_writes_one_run(tmp_pa
     assert "broken.jpg: not an image format PIL can identify" in (runs[0] / "bad_images_train.txt").read_text()
     checkpoint = read_checkpoint(runs[0] / "checkpoints" / "last.ckpt")
     assert checkpoint["hyper_parameters"]["class_names"] == ["cat", "dog"]
+
+
+@pytest.mark.slow
+def test_two_process_ddp_predict_writes_every_image_once_like_one_process(tiny_checkpoint, tiny_data, tmp_path):
+    """5 images over 2 processes: shares of 3 (one padded repeat) gathered into one CSV, in order."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for path in sorted((tiny_data / "test").rglob("*.jpg"))[:5]:
+        shutil.copy(path, images / f"{path.parent.name}_{path.name}")
+
+    def predict(devices: str, strategy: str) -> list[dict[str, str]]:
+        output = tmp_path / f"predictions_{devices}.csv"
+        result = run_cli(
+            "predict", "--ckpt_path", str(tiny_checkpoint), "--data.predict_path", str(images),
+            "--data.num_workers", "0", "--data.batch_size", "2", "--predictions.output", str(output),
+            "--trainer.accelerator", "cpu", "--trainer.devices", devices, "--trainer.strategy", strategy,
+            "--trainer.enable_progress_bar", "false", cwd=tmp_path,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert (result.stdout + result.stderr).count(f"wrote 5 predictions to {output}") == 1
+        return list(csv.DictReader(output.open()))
+
+    one, two = predict("1", "auto"), predict("2", "ddp")
+    assert [row["path"] for row in one] == sorted(str(path) for path in images.iterdir())
+    assert [row["path"] for row in two] == [row["path"] for row in one]
+    for single, shared in zip(one, two):
+        assert shared["label"] == single["label"]
+        assert float(shared["p_cat"]) == pytest.approx(float(single["p_cat"]), abs=1e-5)
