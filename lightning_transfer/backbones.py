@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import urllib.error
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,6 +98,17 @@ def get_spec(name: str) -> BackboneSpec:
         ) from None
 
 
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """Eval mode for the duration, then the module's previous mode."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
+
+
 class Backbone(nn.Module):
     """A conv base as named blocks. ``forward`` maps normalized images to a feature map."""
 
@@ -145,10 +157,8 @@ class Backbone(nn.Module):
     def output_shape(self, image_size: int) -> tuple[int, int, int]:
         """(channels, height, width) of the features for a square input of ``image_size``."""
         device = next(self.parameters()).device
-        was_training = self.training
-        self.eval()
-        out = self(torch.zeros(1, 3, image_size, image_size, device=device))
-        self.train(was_training)
+        with eval_mode(self):
+            out = self(torch.zeros(1, 3, image_size, image_size, device=device))
         return tuple(out.shape[1:])  # type: ignore[return-value]
 
     def weights_digest(self) -> str:

@@ -23,7 +23,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lightning_transfer.checkpoint import read_checkpoint
 from lightning_transfer.curves import TrainingCurves
-from lightning_transfer.data import ImageFolderDataModule, class_names_of
+from lightning_transfer.data import NO_DATA_ROOT, ImageFolderDataModule, class_names_of
 from lightning_transfer.download import ensure_dataset
 from lightning_transfer.errors import UserError
 from lightning_transfer.model import TransferClassifier
@@ -110,7 +110,7 @@ class TransferCLI(LightningCLI):
             config.model.init_from = None
         if config.model.class_names is None:
             if config.data.root is None:
-                raise UserError("no data root given; pass --data.root DIR (a folder with train/ and val/)")
+                raise UserError(NO_DATA_ROOT)
             root = Path(config.data.root).expanduser()
             ensure_dataset(root, config.data.url)  # the class names are needed before prepare_data runs
             names = class_names_of(root / "train")

@@ -38,6 +38,7 @@ SPLITS = ("train", "val", "test")
 STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
 
 Sample = tuple[Path, int]
+NO_DATA_ROOT = "no data root given; pass --data.root DIR (a folder with train/ and val/)"
 
 
 def load_rgb(path: str | Path, max_pixels: int | None = None) -> Image.Image:
@@ -250,7 +251,7 @@ class ImageFolderDataModule(LightningDataModule):
 
     def _require_root(self) -> Path:
         if self.root is None:
-            raise UserError("no data root given; pass --data.root DIR (a folder with train/ and val/)")
+            raise UserError(NO_DATA_ROOT)
         if not self.root.is_dir():
             raise UserError(f"data root {str(self.root)!r} does not exist; pass --data.root DIR")
         return self.root

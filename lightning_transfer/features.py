@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from lightning_transfer.backbones import Backbone
+from lightning_transfer.backbones import Backbone, eval_mode
 from lightning_transfer.errors import UserError
 from lightning_transfer.files import write_atomically
 
@@ -63,16 +63,15 @@ def extraction_threads(num_workers: int) -> int:
 @contextlib.contextmanager
 def _extraction_mode(backbone: Backbone, threads: int) -> Iterator[None]:
     """eval, channels_last and ``threads`` for the duration, then everything is left as it was found."""
-    was_training, threads_before = backbone.training, torch.get_num_threads()
-    backbone.eval()
+    threads_before = torch.get_num_threads()
     backbone.to(memory_format=torch.channels_last)
     torch.set_num_threads(threads)
     try:
-        yield
+        with eval_mode(backbone):
+            yield
     finally:
         torch.set_num_threads(threads_before)
         backbone.to(memory_format=torch.contiguous_format)
-        backbone.train(was_training)
 
 
 class FeatureExtractor:

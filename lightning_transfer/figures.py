@@ -17,11 +17,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
+from lightning_transfer.backbones import eval_mode
 from lightning_transfer.interpret import (
     Classifier,
     FilterPatterns,
     class_index,
-    eval_mode,
     gradcam,
     image_batch,
     layer_activations,

@@ -10,8 +10,7 @@ restores the previous mode afterwards.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -21,7 +20,7 @@ from torch import nn
 from torchvision.models import VGG16_Weights
 from tqdm.auto import tqdm
 
-from lightning_transfer.backbones import Backbone, get_spec, load_source
+from lightning_transfer.backbones import Backbone, eval_mode, get_spec, load_source
 from lightning_transfer.errors import UserError
 from lightning_transfer.model import TransferClassifier
 
@@ -51,17 +50,6 @@ class ImageNetClassifier(nn.Module):
 
 Classifier = TransferClassifier | ImageNetClassifier
 """What Grad-CAM explains: a backbone + head with ``class_names`` and ``image_size``."""
-
-
-@contextmanager
-def eval_mode(module: nn.Module) -> Iterator[None]:
-    """Eval mode for the duration, then the module's previous mode."""
-    was_training = module.training
-    module.eval()
-    try:
-        yield
-    finally:
-        module.train(was_training)
 
 
 def device_of(module: nn.Module) -> torch.device:
