@@ -78,23 +78,26 @@ def bare_head_training_seconds(run_dir: Path, cache_dir: Path) -> float:
         features = file.get_tensor("features")
         labels = torch.tensor([entry[1] for entry in json.loads(file.metadata()["key"])["files"]])
     model = load_model(next(run_dir.glob("checkpoints/last*.ckpt"))).train()
-    pooled, dense = model.pool(features), model.head[1:]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # where the fits ran (accelerator auto)
+    pooled, labels, dense = model.pool(features).to(device), labels.to(device), model.head[1:].to(device)
     optimizer = OPTIMIZERS[model.hparams.optimizer](
         dense.parameters(), lr=model.hparams.lr, weight_decay=model.hparams.weight_decay
     )
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the data module trains the head on cached features
-    start = time.perf_counter()
-    for _ in range(config["trainer"]["max_epochs"]):
-        for rows in torch.randperm(len(pooled)).split(config["data"]["batch_size"]):
-            loss = model.loss(dense(pooled[rows]), labels[rows])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    seconds = time.perf_counter() - start
-    torch.set_num_threads(threads)
-    return seconds
-
+    try:
+        start = time.perf_counter()
+        for _ in range(config["trainer"]["max_epochs"]):
+            for rows in torch.randperm(len(pooled), device=device).split(config["data"]["batch_size"]):
+                loss = model.loss(dense(pooled[rows]), labels[rows])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+    finally:
+        torch.set_num_threads(threads)
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

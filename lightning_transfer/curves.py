@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -102,7 +103,10 @@ class TrainingCurves(Callback):
         self._draw(trainer)
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        self._draw(trainer)
+        try:
+            self._draw(trainer)
+        except Exception as err:  # the fit's own exception is the one to report
+            warnings.warn(f"could not draw the training curves: {err}")
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.is_global_zero and self.history and self._path is not None:

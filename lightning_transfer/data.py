@@ -325,6 +325,12 @@ class ImageFolderDataModule(LightningDataModule):
             paths = [path for path in paths if path not in bad]
             if not paths:
                 raise UserError(f"no readable images under {str(self.predict_path)!r} (see the bad-image report)")
+            processes = self.trainer.world_size if self.trainer is not None else 1
+            if len(paths) < processes:  # each process predicts its own share; an empty share fails in Lightning
+                raise UserError(
+                    f"{len(paths)} image(s) to predict on {processes} processes; "
+                    f"use --trainer.devices {len(paths)} or fewer, or predict more images"
+                )
             self.datasets["predict"] = ImageFiles(paths, None, self.transform(train=False))
 
     def _model(self) -> TransferClassifier:

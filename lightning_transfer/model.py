@@ -165,7 +165,7 @@ class TransferClassifier(LightningModule):
 
         The step has no weights, so fast feature extraction runs it once over the cached features
         instead of at every step of every epoch (with ``pool="avg"`` that moves 49x less data per
-        batch). Chunked, so the float32 copy of the full feature maps never exists all at once.
+        batch). Chunked: with ``pool="avg"`` a float32 copy of all the feature maps never exists.
         """
         with torch.no_grad():
             return torch.cat([self.head[0](chunk.float()) for chunk in features.split(chunk_size)])

@@ -14,9 +14,8 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 class PredictionCSVWriter(BasePredictionWriter):
     """Collects predictions and writes them once, at the end of ``predict``, in the images' order.
 
-    With several processes (DDP) each predicts a share of the images; the shares are gathered and
-    rank 0 writes the one file. Lightning's distributed sampler pads the shares to equal length with
-    repeated images, so each path is written once.
+    With several processes (DDP) each predicts its own share of the images (Lightning's predict
+    sampler splits them without repeats); the shares are gathered and rank 0 writes the one file.
 
     Args:
         output: CSV file to write; default ``predictions.csv`` in the run's log directory.
@@ -30,15 +29,15 @@ class PredictionCSVWriter(BasePredictionWriter):
         self, trainer: Trainer, pl_module: LightningModule, predictions: Any, batch_indices: Any
     ) -> None:
         output = Path(self.output or Path(trainer.log_dir or ".") / "predictions.csv")  # collective: every rank
-        rows = {
-            path: probabilities.tolist()
+        rows = [
+            (path, probabilities.tolist())
             for batch in predictions
             for path, probabilities in zip(batch["path"], batch["probabilities"].float().cpu())
-        }
+        ]
         if trainer.world_size > 1:
-            shares: list[dict[str, list[float]] | None] = [None] * trainer.world_size
+            shares: list[list[tuple[str, list[float]]] | None] = [None] * trainer.world_size
             torch.distributed.all_gather_object(shares, rows)
-            rows = {path: probs for share in shares for path, probs in share.items()}
+            rows = [row for share in shares for row in share]
         if not trainer.is_global_zero:
             return
         class_names = pl_module.class_names
@@ -46,8 +45,7 @@ class PredictionCSVWriter(BasePredictionWriter):
         with output.open("w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["path", "label", *(f"p_{name}" for name in class_names)])
-            for path in sorted(rows, key=Path):  # the order predict lists the images in
-                probs = rows[path]
+            for path, probs in sorted(rows, key=lambda row: Path(row[0])):  # the order predict lists them in
                 label = class_names[max(range(len(probs)), key=probs.__getitem__)]
                 writer.writerow([path, label, *(f"{p:.6f}" for p in probs)])
         print(f"wrote {len(rows)} predictions to {output}")

@@ -101,7 +101,7 @@ def test_two_process_ddp_fit_on_cpu_checks_images_once_and_writes_one_run(tmp_pa
 
 @pytest.mark.slow
 def test_two_process_ddp_predict_writes_every_image_once_like_one_process(tiny_checkpoint, tiny_data, tmp_path):
-    """5 images over 2 processes: shares of 3 (one padded repeat) gathered into one CSV, in order."""
+    """5 images over 2 processes: shares of 3 and 2 gathered into one CSV, in the images' order."""
     images = tmp_path / "images"
     images.mkdir()
     for path in sorted((tiny_data / "test").rglob("*.jpg"))[:5]:
@@ -125,3 +125,18 @@ def test_two_process_ddp_predict_writes_every_image_once_like_one_process(tiny_c
     for single, shared in zip(one, two):
         assert shared["label"] == single["label"]
         assert float(shared["p_cat"]) == pytest.approx(float(single["p_cat"]), abs=1e-5)
+
+
+@pytest.mark.slow
+def test_ddp_predict_with_fewer_images_than_processes_is_one_line(tiny_checkpoint, tiny_data, tmp_path):
+    image = next((tiny_data / "test" / "cat").glob("*.jpg"))
+    result = run_cli(
+        "predict", "--ckpt_path", str(tiny_checkpoint), "--data.predict_path", str(image),
+        "--data.num_workers", "0", "--trainer.accelerator", "cpu", "--trainer.devices", "2",
+        "--trainer.strategy", "ddp", "--trainer.enable_progress_bar", "false", cwd=tmp_path, timeout=300,
+    )
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: 1 image(s) to predict on 2 processes; use --trainer.devices 1 or fewer, or predict more images"
+    )
