@@ -9,7 +9,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from lightning_transfer.data import SPLITS, class_names_of, is_image_file
+from lightning_transfer.data import SPLITS, class_names_of, is_hidden, is_image_file
 from lightning_transfer.errors import UserError
 from lightning_transfer.image_check import find_bad_images
 
@@ -64,7 +64,7 @@ def summarize(root: Path) -> DatasetSummary:
         raise UserError(f"{str(root)!r} has no train/, val/ or test/ folder; pass a dataset root")
     summary = DatasetSummary(root)
     files = {
-        (split, name): sorted(p for p in (root / split / name).rglob("*") if p.is_file() and not p.name.startswith("."))
+        (split, name): sorted(p for p in (root / split / name).rglob("*") if p.is_file() and not is_hidden(p, root))
         for split in splits
         for name in class_names_of(root / split)
     }

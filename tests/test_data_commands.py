@@ -269,6 +269,8 @@ def test_summary_counts_sizes_and_bad_files(tmp_path: Path, capsys: pytest.Captu
                 (root / split / label / f"{index}.jpg").write_bytes(jpeg_bytes(size))
     (root / "train" / "dog" / "broken.jpg").write_bytes(b"not a jpeg")
     (root / "val" / "cat" / "labels.txt").write_text("x")
+    (root / "train" / "cat" / ".thumbnails").mkdir()  # hidden: training ignores it, so the summary does too
+    (root / "train" / "cat" / ".thumbnails" / "0.jpg").write_bytes(jpeg_bytes((8, 6)))
     cli("summary", str(root))
     printed = capsys.readouterr().out
     assert printed.splitlines()[:3] == ["split  cat  dog  total", "train  3    3    6", "val    1    1    2"]
