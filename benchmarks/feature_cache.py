@@ -99,6 +99,7 @@ def bare_head_training_seconds(run_dir: Path, cache_dir: Path) -> float:
     finally:
         torch.set_num_threads(threads)
 
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="fit config with data.cache_features true")

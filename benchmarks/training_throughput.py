@@ -19,6 +19,7 @@ from lightning import Callback, Trainer
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_transfer import TransferClassifier
+from lightning_transfer.model import set_trainable
 
 
 class SyntheticImages(Dataset):
@@ -68,8 +69,7 @@ def measure(args: argparse.Namespace, precision: str, channels_last: bool, compi
         backbone=args.backbone, weights="none", image_size=args.image_size, freeze_backbone=True, lr=1e-5
     )
     for block in args.unfreeze:
-        for parameter in model.backbone.block(block).parameters():
-            parameter.requires_grad = True
+        set_trainable(model.backbone.block(block), True)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     steps = args.warmup + args.steps
