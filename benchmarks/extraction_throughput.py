@@ -2,8 +2,9 @@
 
 All read the same JPEGs through the same loader (decode, resize, normalize), so the table shows
 what a user gets end to end. A middle column holds the extractor to fp32, to show what bf16 adds
-on top of inference_mode, channels_last and the thread budget. Each measurement runs in its own fresh process (one after the other,
-in this one run) so its peak memory is its own; one batch is run first, untimed, to warm up.
+on top of inference_mode, the memory layout and the thread budget. Each measurement runs in its
+own fresh process (one after the other, in this one run) so its peak memory is its own; one batch is
+run first, untimed, to warm up.
 
     python benchmarks/extraction_throughput.py --backbone efficientnet_lite0 --images 256
 """
@@ -60,7 +61,8 @@ def measure(method: str, args: argparse.Namespace) -> tuple[float, float, str]:
     images = load_images(args.root, args.backbone, args.image_size, args.images)
     warmup = Subset(images, range(min(args.batch_size, len(images))))
     dtype = "fp32" if method == "FeatureExtractor fp32" else args.dtype
-    extractor = FeatureExtractor(backbone, dtype, args.batch_size, args.num_workers)
+    channels_last = {"auto": None, "channels_last": True, "contiguous": False}[args.layout]
+    extractor = FeatureExtractor(backbone, dtype, args.batch_size, args.num_workers, channels_last)
     run = extractor if method.startswith("FeatureExtractor") else functools.partial(
         plain_fp32, backbone, batch_size=args.batch_size, num_workers=args.num_workers, device=device
     )
@@ -72,7 +74,8 @@ def measure(method: str, args: argparse.Namespace) -> tuple[float, float, str]:
     run(images)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    setup = f"{extractor.dtype}, channels_last, threads={extractor.threads}"
+    layout = "channels_last" if extractor.layout == torch.channels_last else "contiguous"
+    setup = f"{extractor.dtype}, {layout}, threads={extractor.threads}"
     return len(images) / (time.perf_counter() - start), peak_memory_mb(device), setup
 
 
@@ -107,6 +110,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-workers", type=int, default=default_num_workers(), help="loader processes")
     parser.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"], help="FeatureExtractor dtype")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--layout", default="auto", choices=["auto", "channels_last", "contiguous"],
+                        help="FeatureExtractor memory layout (auto: channels_last on CPU, contiguous on GPU)")
     args = parser.parse_args(argv)
 
     rows = []

@@ -109,6 +109,25 @@ def eval_mode(module: nn.Module) -> Iterator[None]:
         module.train(was_training)
 
 
+def _layout_of(kernel: torch.Tensor) -> torch.memory_format:
+    """channels_last only where it differs from the default (1x1 kernels fit both layouts)."""
+    channels_last = kernel.is_contiguous(memory_format=torch.channels_last) and not kernel.is_contiguous()
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+@contextmanager
+def memory_format(module: nn.Module, layout: torch.memory_format) -> Iterator[None]:
+    """The module's conv kernels in ``layout`` for the duration, then each in the layout it had."""
+    kernels = [parameter for parameter in module.parameters() if parameter.dim() == 4]
+    before = [_layout_of(kernel) for kernel in kernels]
+    module.to(memory_format=layout)
+    try:
+        yield
+    finally:
+        for kernel, kernel_layout in zip(kernels, before):
+            kernel.data = kernel.data.contiguous(memory_format=kernel_layout)
+
+
 class Backbone(nn.Module):
     """A conv base as named blocks. ``forward`` maps normalized images to a feature map."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from lightning_transfer.backbones import Preprocessing, get_spec
+from lightning_transfer.decoded_images import SharedImageStore
 from lightning_transfer.errors import UserError
 from lightning_transfer.files import default_cache_dir
 from lightning_transfer.image_check import OnBadImage, decode_rgb, describe_error, find_bad_images, screen_images
@@ -138,9 +140,9 @@ class ImageFiles(Dataset):
     """Image files with optional labels; yields dicts so images, labels and paths stay together.
 
     With ``decode_once`` (the resize step of ``transform``), each image is decoded and resized only
-    the first time this process reads it and kept as a uint8 tensor; later epochs run only the
-    rest of ``transform`` (augmentation, normalization) on it. Same pixels either way: the resize
-    of an image already at the target size is a no-op.
+    the first time any loader process reads it and kept as a uint8 tensor shared by all of them;
+    later epochs run only the rest of ``transform`` (augmentation, normalization) on it. Same pixels
+    either way: the resize of an image already at the target size is a no-op.
     """
 
     def __init__(
@@ -148,23 +150,25 @@ class ImageFiles(Dataset):
         paths: Sequence[Path],
         labels: Sequence[int] | None,
         transform: Callable,
-        decode_once: Callable | None = None,
+        decode_once: v2.Resize | None = None,
     ) -> None:
         self.paths = list(paths)
         self.labels = list(labels) if labels is not None else None
         self.transform = transform
         self.decode_once = decode_once
-        self.decoded: dict[int, torch.Tensor] = {}
+        self.decoded = SharedImageStore(len(self.paths), *decode_once.size) if decode_once is not None else None
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def _pixels(self, index: int) -> Image.Image | torch.Tensor:
-        if self.decode_once is None:
+        if self.decoded is None:
             return load_rgb(self.paths[index])
-        if index not in self.decoded:
-            self.decoded[index] = self.decode_once(v2.functional.pil_to_tensor(load_rgb(self.paths[index])))
-        return self.decoded[index]
+        pixels = self.decoded.get(index)
+        if pixels is None:
+            pixels = self.decode_once(v2.functional.pil_to_tensor(load_rgb(self.paths[index])))
+            self.decoded.put(index, pixels)
+        return pixels
 
     def __getitem__(self, index: int) -> dict:
         item = {"image": self.transform(self._pixels(index)), "path": str(self.paths[index])}
@@ -189,8 +193,9 @@ class ImageFolderDataModule(LightningDataModule):
         backbone: whose preprocessing (mean/std, resize filter) to apply; linked from the model.
         max_images_per_class: use only the first N images of each class per split (quick runs).
         predict_path: image file or folder for ``lightning-transfer predict``.
-        keep_decoded: keep each image decoded and resized in memory (uint8, about 150 KB at 224 px,
-            per loader worker) after its first read, so augmented epochs skip JPEG decoding.
+        keep_decoded: keep each image decoded and resized in memory after its first read, so later
+            epochs skip JPEG decoding (uint8, about 150 KB per image at 224 px). On Linux the loader's
+            workers share one copy; elsewhere, and in each DDP process, every process keeps its own.
         url: zip archive to download and extract into ``root`` when ``root`` has no ``train/`` yet
             (e.g. ``lightning_transfer.download.CATS_AND_DOGS_FILTERED_URL``).
         on_bad_image: what to do with files that do not decode, found by a check before the run
@@ -386,6 +391,8 @@ class ImageFolderDataModule(LightningDataModule):
         dataset = self.datasets[split]
         # features are already in memory: worker processes would only add copies
         num_workers = 0 if isinstance(dataset, FeatureDataset) else self.num_workers
+        # kept images are shared with forked workers only (Python 3.14 starts them by forkserver)
+        shares_decoded = self.keep_decoded and num_workers > 0 and sys.platform == "linux"
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
@@ -393,6 +400,7 @@ class ImageFolderDataModule(LightningDataModule):
             num_workers=num_workers,
             persistent_workers=num_workers > 0,
             pin_memory=torch.cuda.is_available(),
+            multiprocessing_context="fork" if shares_decoded else None,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from lightning_transfer.backbones import Backbone, eval_mode
+from lightning_transfer.backbones import Backbone, eval_mode, memory_format
 from lightning_transfer.errors import UserError
 from lightning_transfer.files import write_atomically
 
@@ -61,39 +61,49 @@ def extraction_threads(num_workers: int) -> int:
 
 
 @contextlib.contextmanager
-def _extraction_mode(backbone: Backbone, threads: int) -> Iterator[None]:
-    """eval, channels_last and ``threads`` for the duration, then everything is left as it was found."""
+def _extraction_mode(backbone: Backbone, threads: int, layout: torch.memory_format) -> Iterator[None]:
+    """eval, ``layout`` and ``threads`` for the duration, then everything is left as it was found."""
     threads_before = torch.get_num_threads()
-    backbone.to(memory_format=torch.channels_last)
     torch.set_num_threads(threads)
     try:
-        with eval_mode(backbone):
+        with eval_mode(backbone), memory_format(backbone, layout):
             yield
     finally:
         torch.set_num_threads(threads_before)
-        backbone.to(memory_format=torch.contiguous_format)
 
 
 class FeatureExtractor:
     """Runs a frozen conv base over images in the fastest mode that keeps accuracy.
 
-    ``torch.inference_mode`` (no autograd bookkeeping), channels_last (oneDNN/cuDNN's preferred
-    layout) and, for ``bf16``, autocast; ``fp32`` keeps full precision. Runs on the backbone's device;
-    on a CPU, with intra-op threads leaving room for the loader workers (``extraction_threads``).
+    ``torch.inference_mode`` (no autograd bookkeeping) and, for ``bf16``, autocast; ``fp32`` keeps
+    full precision. Runs on the backbone's device, with intra-op threads leaving room for the loader
+    workers (``extraction_threads``; on a GPU the main process still copies each batch's features
+    on the CPU). ``channels_last`` (default: on CPUs only) is oneDNN's preferred layout; on a GPU,
+    extraction waits on the JPEG loader anyway, and cuDNN's channels_last kernels for
+    EfficientNet-Lite0 took seconds to set up for each new batch shape (README, GPU check).
     """
 
     def __init__(
-        self, backbone: Backbone, dtype: ExtractionDtype = "auto", batch_size: int = 32, num_workers: int = 0
+        self,
+        backbone: Backbone,
+        dtype: ExtractionDtype = "auto",
+        batch_size: int = 32,
+        num_workers: int = 0,
+        channels_last: bool | None = None,
     ) -> None:
         self.backbone = backbone
         self.device = next(backbone.parameters()).device
         self.dtype = resolve_dtype(dtype, self.device)
         self.batch_size = batch_size
         self.num_workers = num_workers
-        self.threads = extraction_threads(num_workers) if self.device.type == "cpu" else torch.get_num_threads()
+        self.threads = extraction_threads(num_workers)
+        if channels_last is None:
+            channels_last = self.device.type == "cpu"
+        self.layout = torch.channels_last if channels_last else torch.contiguous_format
 
     def describe(self) -> str:
-        return f"{self.dtype}, channels_last, {self.device}, threads={self.threads}, loader workers={self.num_workers}"
+        layout = "channels_last" if self.layout == torch.channels_last else "contiguous"
+        return f"{self.dtype}, {layout}, {self.device}, threads={self.threads}, loader workers={self.num_workers}"
 
     @property
     def storage_dtype(self) -> torch.dtype:
@@ -104,7 +114,7 @@ class FeatureExtractor:
         loader = DataLoader(images, batch_size=self.batch_size, num_workers=self.num_workers)
         features: torch.Tensor | None = None
         start = 0
-        with _extraction_mode(self.backbone, self.threads), tqdm(total=len(images), desc=desc, unit="img") as progress:
+        with _extraction_mode(self.backbone, self.threads, self.layout), tqdm(total=len(images), desc=desc, unit="img") as progress:
             for batch in loader:
                 batch_features = self._forward(batch["image"])
                 if features is None:
@@ -118,7 +128,7 @@ class FeatureExtractor:
         return features
 
     def _forward(self, images: torch.Tensor) -> torch.Tensor:
-        images = images.to(self.device, memory_format=torch.channels_last, non_blocking=True)
+        images = images.to(self.device, memory_format=self.layout, non_blocking=True)
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.dtype == "bf16")
         with torch.inference_mode(), autocast:
             return self.backbone(images).to(self.storage_dtype).contiguous().cpu()

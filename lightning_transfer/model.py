@@ -67,6 +67,9 @@ class TransferClassifier(LightningModule):
         optimizer: ``rmsprop`` (the book), ``adam``, ``adamw`` or ``sgd``.
         lr: learning rate of the head (the book: 2e-5).
         weight_decay: optimizer weight decay.
+        channels_last: run the convolutions in channels_last layout, oneDNN's preferred one: CPU
+            training steps 1.3-1.9x faster (README, Performance). On GPUs ``false`` avoids cuDNN's
+            per-batch-shape set-up time for channels_last kernels.
         init_from: a lightning-transfer checkpoint (e.g. of a feature-extraction run) whose backbone
             and head weights this model starts from; ``weights`` is then not loaded. Not stored in
             the hyperparameters: the trained weights end up in this model's own checkpoints, so
@@ -87,6 +90,7 @@ class TransferClassifier(LightningModule):
         optimizer: Literal["rmsprop", "adam", "adamw", "sgd"] = "rmsprop",
         lr: float = 2e-5,
         weight_decay: float = 0.0,
+        channels_last: bool = True,
         init_from: str | None = None,
     ) -> None:
         super().__init__()
@@ -104,6 +108,8 @@ class TransferClassifier(LightningModule):
             self.init_from_checkpoint(init_from)
         if freeze_backbone:
             set_trainable(self.backbone, False)
+        self.layout = torch.channels_last if channels_last else torch.contiguous_format
+        self.backbone.to(memory_format=self.layout)
         self.loss = nn.CrossEntropyLoss()
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -144,7 +150,7 @@ class TransferClassifier(LightningModule):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Normalized images (N, 3, H, W) -> logits (N, num_classes)."""
-        return self.head(self.backbone(images))
+        return self.head(self.backbone(images.contiguous(memory_format=self.layout)))
 
     def train(self, mode: bool = True) -> TransferClassifier:
         """Frozen BatchNorm layers stay in eval mode, so their ImageNet statistics are kept."""

@@ -16,6 +16,12 @@ SHARED_DATA = REPO.parent / "shared" / "datasets" / "cats_vs_dogs_small"
 TINY_SIZE = 64
 
 
+def channels_last_kernels(module: torch.nn.Module) -> int:
+    """How many conv kernels are laid out channels_last (and not also in the default layout)."""
+    kernels = [parameter for parameter in module.parameters() if parameter.dim() == 4]
+    return sum(k.is_contiguous(memory_format=torch.channels_last) and not k.is_contiguous() for k in kernels)
+
+
 def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run ``lightning-transfer ARGS`` in a subprocess, as a user would (this checkout's code)."""
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}

@@ -13,8 +13,8 @@ import torch
 from lightning import Trainer
 from safetensors import safe_open
 
-from conftest import REPO, TINY_SIZE, make_tiny_dataset, run_cli
-from lightning_transfer.backbones import Backbone, create_backbone, get_spec
+from conftest import REPO, TINY_SIZE, channels_last_kernels, make_tiny_dataset, run_cli
+from lightning_transfer.backbones import Backbone, create_backbone, get_spec, memory_format
 from lightning_transfer.checkpoint import load_model
 from lightning_transfer.data import ImageFiles, ImageFolderDataModule
 from lightning_transfer.errors import UserError
@@ -181,12 +181,30 @@ def test_fast_path_matches_plain_fp32(backbone: Backbone, tiny_data: Path) -> No
     with torch.no_grad():
         plain = backbone.eval()(batch)
     fp32 = FeatureExtractor(backbone, "fp32", batch_size=8)(images)
+    fp32_contiguous = FeatureExtractor(backbone, "fp32", batch_size=8, channels_last=False)(images)
     bf16 = FeatureExtractor(backbone, "bf16", batch_size=8)(images)
     assert fp32.dtype == torch.float32 and bf16.dtype == torch.bfloat16
     torch.testing.assert_close(fp32, plain, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(fp32_contiguous, plain, rtol=1e-4, atol=1e-4)
     cosine = torch.nn.functional.cosine_similarity(bf16.float().flatten(1), plain.flatten(1))
     assert cosine.min() > 0.99, f"bf16 features drift from fp32: min cosine {cosine.min():.4f}"
     assert all(p.is_contiguous() for p in backbone.parameters()), "extraction must restore the layout"
+
+
+def test_memory_format_restores_each_kernel_even_after_a_1x1_conv() -> None:
+    """A 1x1 kernel fits both layouts; the 3x3 kernel after it must still get channels_last back."""
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 1), torch.nn.Conv2d(8, 8, 3))
+    module.to(memory_format=torch.channels_last)
+    with memory_format(module, torch.contiguous_format):
+        assert channels_last_kernels(module) == 0
+    assert channels_last_kernels(module) == 1
+
+
+def test_extraction_leaves_a_channels_last_model_channels_last(tiny_data: Path) -> None:
+    """A model that trains in channels_last (the default) gets its own layout back after extraction."""
+    model = TransferClassifier(backbone="vgg16", weights="none", image_size=TINY_SIZE)
+    FeatureExtractor(model.backbone, "fp32", batch_size=8, channels_last=False)(image_files(tiny_data))
+    assert channels_last_kernels(model.backbone) == 13  # every VGG16 conv
 
 
 @pytest.mark.parametrize("pool", ["avg", "flatten"])
