@@ -74,8 +74,7 @@ def measure(method: str, args: argparse.Namespace) -> tuple[float, float, str]:
     run(images)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    layout = "channels_last" if extractor.layout == torch.channels_last else "contiguous"
-    setup = f"{extractor.dtype}, {layout}, threads={extractor.threads}"
+    setup = f"{extractor.dtype}, {extractor.layout_name}, threads={extractor.threads}"
     return len(images) / (time.perf_counter() - start), peak_memory_mb(device), setup
 
 

@@ -69,6 +69,7 @@ def bare_head_training_seconds(run_dir: Path, cache_dir: Path) -> float:
     import yaml
     from safetensors import safe_open
 
+    from lightning_transfer.backbones import default_device
     from lightning_transfer.checkpoint import load_model
     from lightning_transfer.model import OPTIMIZERS
 
@@ -78,7 +79,7 @@ def bare_head_training_seconds(run_dir: Path, cache_dir: Path) -> float:
         features = file.get_tensor("features")
         labels = torch.tensor([entry[1] for entry in json.loads(file.metadata()["key"])["files"]])
     model = load_model(next(run_dir.glob("checkpoints/last*.ckpt"))).train()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # where the fits ran (accelerator auto)
+    device = default_device()  # where the fits ran (accelerator auto)
     pooled, labels, dense = model.pool(features).to(device), labels.to(device), model.head[1:].to(device)
     optimizer = OPTIMIZERS[model.hparams.optimizer](
         dense.parameters(), lr=model.hparams.lr, weight_decay=model.hparams.weight_decay

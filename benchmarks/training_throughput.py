@@ -104,8 +104,12 @@ def main() -> None:
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
 
-    configurations = [("fp32 (baseline)", "32-true", False, False), ("fp32 + channels_last", "32-true", True, False),
-                      ("bf16-mixed", "bf16-mixed", False, False), ("bf16-mixed + channels_last", "bf16-mixed", True, False)]
+    configurations = [
+        ("fp32 (baseline)", "32-true", False, False),
+        ("fp32 + channels_last", "32-true", True, False),
+        ("bf16-mixed", "bf16-mixed", False, False),
+        ("bf16-mixed + channels_last", "bf16-mixed", True, False),
+    ]
     if args.compile:
         configurations.append(("bf16-mixed + channels_last + compiled backbone", "bf16-mixed", True, True))
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU x{torch.get_num_threads()} threads"

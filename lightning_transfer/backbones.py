@@ -98,6 +98,11 @@ def get_spec(name: str) -> BackboneSpec:
         ) from None
 
 
+def default_device() -> torch.device:
+    """Where models run outside a Trainer (visualize, demo): the GPU when there is one."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 @contextmanager
 def eval_mode(module: nn.Module) -> Iterator[None]:
     """Eval mode for the duration, then the module's previous mode."""

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from lightning_transfer.backbones import default_device
 from lightning_transfer.checkpoint import load_model
 from lightning_transfer.data import is_image_file, load_rgb
 from lightning_transfer.errors import UserError
@@ -106,7 +107,7 @@ def build_demo(
     (image, layer name -> channel gallery, title with the layer's shape).
     """
     if not isinstance(model, TransferClassifier):
-        model = load_model(model).to("cuda" if torch.cuda.is_available() else "cpu")
+        model = load_model(model).to(default_device())
     model.eval()
     layers = list(model.backbone.layers())
     classes = ", ".join(model.class_names)

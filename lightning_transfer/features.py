@@ -101,9 +101,13 @@ class FeatureExtractor:
             channels_last = self.device.type == "cpu"
         self.layout = torch.channels_last if channels_last else torch.contiguous_format
 
+    @property
+    def layout_name(self) -> str:
+        return "channels_last" if self.layout == torch.channels_last else "contiguous"
+
     def describe(self) -> str:
-        layout = "channels_last" if self.layout == torch.channels_last else "contiguous"
-        return f"{self.dtype}, {layout}, {self.device}, threads={self.threads}, loader workers={self.num_workers}"
+        return (f"{self.dtype}, {self.layout_name}, {self.device}, threads={self.threads}, "
+                f"loader workers={self.num_workers}")
 
     @property
     def storage_dtype(self) -> torch.dtype:
@@ -114,7 +118,8 @@ class FeatureExtractor:
         loader = DataLoader(images, batch_size=self.batch_size, num_workers=self.num_workers)
         features: torch.Tensor | None = None
         start = 0
-        with _extraction_mode(self.backbone, self.threads, self.layout), tqdm(total=len(images), desc=desc, unit="img") as progress:
+        progress = tqdm(total=len(images), desc=desc, unit="img")
+        with _extraction_mode(self.backbone, self.threads, self.layout), progress:
             for batch in loader:
                 batch_features = self._forward(batch["image"])
                 if features is None:

@@ -12,9 +12,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
-from lightning_transfer.backbones import Backbone, available_backbones, create_backbone
+from lightning_transfer.backbones import Backbone, available_backbones, create_backbone, default_device
 from lightning_transfer.checkpoint import load_model
 from lightning_transfer.data import load_rgb
 from lightning_transfer.errors import UserError
@@ -38,10 +36,6 @@ from lightning_transfer.interpret import (
 CPU_FILTERS, GPU_FILTERS = 16, 64
 CPU_PATTERN_SIZE = 64
 """Filter ascent is ~40 forward+backward passes per filter: on CPU, fewer and smaller patterns."""
-
-
-def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -102,16 +96,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def load_backbone(args: argparse.Namespace) -> tuple[Backbone, int]:
     """The backbone to look into and its input size: from the checkpoint, or bare."""
     if args.ckpt_path:
-        model = load_model(args.ckpt_path).to(device())
+        model = load_model(args.ckpt_path).to(default_device())
         return model.backbone, model.image_size
-    backbone = create_backbone(args.backbone, args.weights).to(device())
+    backbone = create_backbone(args.backbone, args.weights).to(default_device())
     return backbone, args.image_size or backbone.spec.default_image_size
 
 
 def load_classifier(args: argparse.Namespace) -> Classifier:
     if args.ckpt_path:
-        return load_model(args.ckpt_path).to(device())
-    return ImageNetClassifier(args.backbone, args.weights).to(device())
+        return load_model(args.ckpt_path).to(default_device())
+    return ImageNetClassifier(args.backbone, args.weights).to(default_device())
 
 
 def layer_names(args: argparse.Namespace, backbone: Backbone) -> list[str]:
@@ -152,7 +146,7 @@ def run_activations(args: argparse.Namespace) -> None:
 
 
 def run_filters(args: argparse.Namespace) -> None:
-    on_gpu = device().type == "cuda"
+    on_gpu = default_device().type == "cuda"
     backbone, image_size = load_backbone(args)
     names = layer_names(args, backbone)
     size = args.size or (image_size if on_gpu else CPU_PATTERN_SIZE)
