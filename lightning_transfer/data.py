@@ -40,6 +40,9 @@ SPLITS = ("train", "val", "test")
 STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
 
 Sample = tuple[Path, int]
+# Evaluation batches over cached features: they are in memory and need no gradients, so larger
+# batches give the same loss and accuracy in far fewer of Lightning's steps (about 1 ms each).
+FEATURE_EVAL_BATCH_SIZE = 4096
 NO_DATA_ROOT = "no data root given; pass --data.root DIR (a folder with train/ and val/)"
 
 
@@ -389,13 +392,15 @@ class ImageFolderDataModule(LightningDataModule):
         if self.cache_features:
             self._use_cached_features()
         dataset = self.datasets[split]
+        in_memory = isinstance(dataset, FeatureDataset)
+        batch_size = FEATURE_EVAL_BATCH_SIZE if in_memory and not shuffle else self.batch_size
         # features are already in memory: worker processes would only add copies
-        num_workers = 0 if isinstance(dataset, FeatureDataset) else self.num_workers
+        num_workers = 0 if in_memory else self.num_workers
         # kept images are shared with forked workers only (Python 3.14 starts them by forkserver)
         shares_decoded = self.keep_decoded and num_workers > 0 and sys.platform == "linux"
         return DataLoader(
             dataset,
-            batch_size=self.batch_size,
+            batch_size=batch_size,
             shuffle=shuffle,
             num_workers=num_workers,
             persistent_workers=num_workers > 0,

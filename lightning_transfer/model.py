@@ -186,7 +186,8 @@ class TransferClassifier(LightningModule):
         """Loss and accuracy logged per epoch; returns (loss, logits)."""
         logits = self.logits(batch)
         loss = self.loss(logits, batch["label"])
-        accuracy(logits, batch["label"])
+        # update, not forward: only the epoch value is logged, and forward would also compute the batch's
+        accuracy.update(logits, batch["label"])
         batch_size = len(batch["label"])
         # sync_dist: under DDP the epoch loss averages all processes' shares, not only rank 0's
         self.log(f"{stage}_loss", loss, prog_bar=True, on_epoch=True, on_step=False, batch_size=batch_size,
