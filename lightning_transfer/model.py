@@ -201,13 +201,19 @@ class TransferClassifier(LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._step(batch, "val", self.val_acc)
 
+    @staticmethod
+    def probabilities(logits: torch.Tensor) -> torch.Tensor:
+        """Softmax in float32: under bf16-mixed the logits are bf16, whose 8-bit mantissa would round
+        the probabilities themselves (0.9991 became 1.0, and a row summed to 1.001)."""
+        return logits.detach().float().softmax(dim=1)
+
     def test_step(self, batch: dict, batch_idx: int) -> dict:
         """Returns probabilities and labels so callbacks (the test report) see every prediction."""
         _, logits = self._step(batch, "test", self.test_acc)
-        return {"probabilities": logits.softmax(dim=1).detach(), "label": batch["label"]}
+        return {"probabilities": self.probabilities(logits), "label": batch["label"]}
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
-        return {"path": batch["path"], "probabilities": self.logits(batch).softmax(dim=1)}
+        return {"path": batch["path"], "probabilities": self.probabilities(self.logits(batch))}
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         trainable = [p for p in self.parameters() if p.requires_grad]
