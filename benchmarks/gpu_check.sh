@@ -16,11 +16,11 @@ steps=" ${*:2} "
 [[ $# -le 1 ]] && steps=" 1 2 3 4 5 "
 want() { [[ $steps == *" $1 "* ]]; }
 fail() { echo "gpu_check.sh: $1" >&2; exit 2; }
-python3 -c "import sys, torch; sys.exit(not torch.cuda.is_available())" \
-  || fail "torch sees no CUDA GPU here; run it on a GPU machine (benchmarks/*.py measure the CPU)"
+python3 -c "import sys, torch; sys.exit(not torch.cuda.is_available())" 2>/dev/null \
+  || fail "python3's torch sees no CUDA GPU here; run it on a GPU machine (benchmarks/*.py measure the CPU)"
 if want 2 || want 3 || want 5; then
   [[ -d $data/train && -d $data/val ]] \
-    || fail "$data has no train/ and val/ folders; pass a DATA_ROOT with both (steps 2, 3 and 5 read it)"
+    || fail "$data has no train/ and val/ folders; pass a DATA_ROOT with both, relative to the repo root (steps 2, 3 and 5 read it)"
 fi
 log="${OUT:-.}/gpu_check.log"
 workers=$(( $(nproc) - 1 ))

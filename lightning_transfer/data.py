@@ -42,7 +42,8 @@ STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)
 Sample = tuple[Path, int]
 # Evaluation batches over cached features: they are in memory and need no gradients, so larger
 # batches give the same loss and accuracy in far fewer of Lightning's steps (about 1 ms each).
-FEATURE_EVAL_BATCH_SIZE = 4096
+# Sized in bytes, so big flattened feature maps do not make a batch of gigabytes.
+FEATURE_EVAL_BATCH_BYTES = 256 * 2**20
 NO_DATA_ROOT = "no data root given; pass --data.root DIR (a folder with train/ and val/)"
 
 
@@ -393,7 +394,7 @@ class ImageFolderDataModule(LightningDataModule):
             self._use_cached_features()
         dataset = self.datasets[split]
         in_memory = isinstance(dataset, FeatureDataset)
-        batch_size = FEATURE_EVAL_BATCH_SIZE if in_memory and not shuffle else self.batch_size
+        batch_size = self._feature_eval_batch_size(split, dataset) if in_memory and not shuffle else self.batch_size
         # features are already in memory: worker processes would only add copies
         num_workers = 0 if in_memory else self.num_workers
         # kept images are shared with forked workers only (Python 3.14 starts them by forkserver)
@@ -407,6 +408,16 @@ class ImageFolderDataModule(LightningDataModule):
             pin_memory=torch.cuda.is_available(),
             multiprocessing_context="fork" if shares_decoded else None,
         )
+
+    def _feature_eval_batch_size(self, split: str, features: FeatureDataset) -> int:
+        """As many feature rows as fit in FEATURE_EVAL_BATCH_BYTES, unless the trainer limits the
+        split's batches (``limit_val_batches 0.5``; ``overfit_batches`` and ``fast_dev_run`` set it
+        too): limits count batches of ``batch_size``, and half of one big batch would be none."""
+        limit = getattr(self.trainer, f"limit_{split}_batches", 1.0)
+        if not (isinstance(limit, float) and limit == 1.0):
+            return self.batch_size
+        row_bytes = features.pooled[0].nelement() * features.pooled.element_size()
+        return max(self.batch_size, FEATURE_EVAL_BATCH_BYTES // row_bytes)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -98,18 +98,26 @@ def test_second_fit_hits_the_cache_without_backbone_forward(data: Path, tmp_path
     assert set(item) == {"pooled_features", "label", "path"} and item["pooled_features"].dtype == torch.float32
 
 
+def validate_on_cached_features(data: Path, cache_dir: Path, **trainer_options) -> tuple[Trainer, dict, TransferClassifier, ImageFolderDataModule]:
+    """``Trainer.validate`` on cached features with ``batch_size`` 3 (the val split has 4 images)."""
+    model = TransferClassifier(backbone=BACKBONE, class_names=["cat", "dog"], image_size=TINY_SIZE, pool="avg")
+    module = ImageFolderDataModule(
+        str(data), image_size=TINY_SIZE, backbone=BACKBONE, num_workers=0, batch_size=3,
+        cache_features=True, cache_dir=str(cache_dir),
+    )
+    trainer = Trainer(
+        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False, **trainer_options
+    )
+    (logged,) = trainer.validate(model, module)
+    return trainer, logged, model, module
+
+
 def test_validation_on_cached_features_is_one_batch_with_the_per_sample_loss_and_accuracy(
     data: Path, tmp_path: Path
 ) -> None:
     """Cached features are evaluated in one batch, whatever ``batch_size`` (which sets training
     batches): the logged val_loss / val_acc are those of every sample's own head output."""
-    model = TransferClassifier(backbone=BACKBONE, class_names=["cat", "dog"], image_size=TINY_SIZE, pool="avg")
-    module = ImageFolderDataModule(
-        str(data), image_size=TINY_SIZE, backbone=BACKBONE, num_workers=0, batch_size=3,
-        cache_features=True, cache_dir=str(tmp_path / "cache"),
-    )
-    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
-    (logged,) = trainer.validate(model, module)
+    trainer, logged, model, module = validate_on_cached_features(data, tmp_path / "cache")
     assert len(trainer.val_dataloaders) == 1  # 4 samples at batch_size 3 would be 2 batches
 
     features = module.datasets["val"]
@@ -118,6 +126,12 @@ def test_validation_on_cached_features_is_one_batch_with_the_per_sample_loss_and
         logits = model.eval().logits({"pooled_features": features.pooled})
     assert logged["val_loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, labels).item(), rel=1e-5)
     assert logged["val_acc"] == pytest.approx((logits.argmax(dim=1) == labels).float().mean().item())
+
+
+def test_a_batch_limit_on_cached_features_counts_batches_of_batch_size(data: Path, tmp_path: Path) -> None:
+    """``limit_val_batches 0.5`` means half the batch_size batches: of one big batch it would be none."""
+    trainer, _, _, _ = validate_on_cached_features(data, tmp_path / "cache", limit_val_batches=0.5)
+    assert len(trainer.val_dataloaders) == 2 and trainer.num_val_batches == [1]
 
 
 def test_changed_inputs_invalidate_the_cache(backbone: Backbone, data: Path, tmp_path: Path) -> None:
