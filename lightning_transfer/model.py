@@ -186,7 +186,7 @@ class TransferClassifier(LightningModule):
         """Loss and accuracy logged per epoch; returns (loss, logits)."""
         logits = self.logits(batch)
         loss = self.loss(logits, batch["label"])
-        # update, not forward: only the epoch value is logged, and forward would also compute the batch's
+        # update, not forward: only epoch values are logged, and forward also computes each batch's own
         accuracy.update(logits, batch["label"])
         batch_size = len(batch["label"])
         # sync_dist: under DDP the epoch loss averages all processes' shares, not only rank 0's

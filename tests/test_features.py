@@ -98,7 +98,9 @@ def test_second_fit_hits_the_cache_without_backbone_forward(data: Path, tmp_path
     assert set(item) == {"pooled_features", "label", "path"} and item["pooled_features"].dtype == torch.float32
 
 
-def validate_on_cached_features(data: Path, cache_dir: Path, **trainer_options) -> tuple[Trainer, dict, TransferClassifier, ImageFolderDataModule]:
+def validate_on_cached_features(
+    data: Path, cache_dir: Path, **trainer_options
+) -> tuple[Trainer, dict, TransferClassifier, ImageFolderDataModule]:
     """``Trainer.validate`` on cached features with ``batch_size`` 3 (the val split has 4 images)."""
     model = TransferClassifier(backbone=BACKBONE, class_names=["cat", "dog"], image_size=TINY_SIZE, pool="avg")
     module = ImageFolderDataModule(
