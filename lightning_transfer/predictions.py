@@ -32,7 +32,7 @@ class PredictionCSVWriter(BasePredictionWriter):
         rows = [
             (path, probabilities.tolist())
             for batch in predictions
-            for path, probabilities in zip(batch["path"], batch["probabilities"].float().cpu())
+            for path, probabilities in zip(batch["path"], batch["probabilities"].cpu())
         ]
         if trainer.world_size > 1:
             shares: list[list[tuple[str, list[float]]] | None] = [None] * trainer.world_size

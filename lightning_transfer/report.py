@@ -107,7 +107,7 @@ class TestReport(Callback):
         self, trainer: Trainer, pl_module: LightningModule, outputs: dict, batch: dict, batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        self.probabilities.append(outputs["probabilities"].float())
+        self.probabilities.append(outputs["probabilities"])
         self.labels.append(outputs["label"])
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
