@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 
 from lightning_transfer import TransferClassifier, load_model
+from lightning_transfer.commands.demo import DEFAULT_EXAMPLES, example_images, predict
 from lightning_transfer.data import load_rgb
-from lightning_transfer.demo import DEFAULT_EXAMPLES, example_images, predict
-from lightning_transfer.figures import gradcam_view
+from lightning_transfer.interpret import gradcam_view
 
 
 def percentiles(samples: list[float]) -> tuple[float, float]:

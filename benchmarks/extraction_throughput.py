@@ -96,7 +96,7 @@ def measure_in_fresh_process(method: str, args: argparse.Namespace) -> tuple[flo
 
 def main(argv: list[str] | None = None) -> None:
     from lightning_transfer.backbones import available_backbones, get_spec
-    from lightning_transfer.data import default_num_workers
+    from lightning_transfer.data.datamodule import default_num_workers
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", nargs="+", default=["efficientnet_lite0", "vgg16"],

@@ -27,7 +27,7 @@ DEFAULT_ROOT = REPO.parent / "shared" / "datasets" / "cats_vs_dogs_small"
 
 def best_val_acc(run_dir: Path) -> float:
     """The ModelCheckpoint's best score, read back from the run's last.ckpt."""
-    from lightning_transfer.checkpoint import read_checkpoint
+    from lightning_transfer import read_checkpoint
 
     (last,) = run_dir.glob("checkpoints/last*.ckpt")
     states = read_checkpoint(last)["callbacks"].values()
@@ -52,7 +52,7 @@ def timing_feature_cache(seconds: list[float]) -> None:
 
 def timed_fit(fit_args: list[str], work_dir: Path, feature_seconds: list[float]) -> tuple[float, float, float, Path]:
     """(fit seconds, feature seconds, best val_acc, run folder) of one ``fit``, logging under ``work_dir``."""
-    from lightning_transfer.cli import main as cli_main
+    from lightning_transfer.commands.cli import main as cli_main
 
     before = set(work_dir.glob("lightning_logs/version_*"))
     features_before = len(feature_seconds)
@@ -69,9 +69,9 @@ def bare_head_training_seconds(run_dir: Path, cache_dir: Path) -> float:
     import yaml
     from safetensors import safe_open
 
-    from lightning_transfer.backbones import default_device
-    from lightning_transfer.checkpoint import load_model
-    from lightning_transfer.model import OPTIMIZERS
+    from lightning_transfer import load_model
+    from lightning_transfer.model import optimizer_class
+    from lightning_transfer.utils.runtime import default_device
 
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     (train_file,) = cache_dir.glob("features/*/train-*.safetensors")
@@ -80,8 +80,8 @@ def bare_head_training_seconds(run_dir: Path, cache_dir: Path) -> float:
         labels = torch.tensor([entry[1] for entry in json.loads(file.metadata()["key"])["files"]])
     model = load_model(next(run_dir.glob("checkpoints/last*.ckpt"))).train()
     device = default_device()  # where the fits ran (accelerator auto)
-    pooled, labels, dense = model.pool(features).to(device), labels.to(device), model.head[1:].to(device)
-    optimizer = OPTIMIZERS[model.hparams.optimizer](
+    pooled, labels, dense = model.pool(features).to(device), labels.to(device), model.head.classifier.to(device)
+    optimizer = optimizer_class(model.hparams.optimizer)(
         dense.parameters(), lr=model.hparams.lr, weight_decay=model.hparams.weight_decay
     )
     threads = torch.get_num_threads()

@@ -12,8 +12,8 @@ import os
 import sys
 from pathlib import Path
 
-from lightning_transfer.cli import main
-from lightning_transfer.demo import CKPT_ENV
+from lightning_transfer.commands.cli import main
+from lightning_transfer.commands.demo import CKPT_ENV
 
 HERE = Path(__file__).resolve().parent
 

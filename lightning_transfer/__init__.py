@@ -1,10 +1,10 @@
 """Transfer learning on small image datasets with PyTorch Lightning, and a look at what it learned."""
 
 from lightning_transfer.backbones import Backbone, BackboneSpec, available_backbones, create_backbone, get_spec
-from lightning_transfer.checkpoint import load_model, read_checkpoint
+from lightning_transfer.checkpoint import read_checkpoint
 from lightning_transfer.data import ImageFolderDataModule
-from lightning_transfer.errors import UserError, WeightsUnavailableError
-from lightning_transfer.model import TransferClassifier
+from lightning_transfer.model import TransferClassifier, load_model
+from lightning_transfer.utils.errors import UserError, WeightsUnavailableError
 
 __all__ = [
     "Backbone",

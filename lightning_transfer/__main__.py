@@ -1,5 +1,5 @@
 """``python -m lightning_transfer`` = the ``lightning-transfer`` command."""
 
-from lightning_transfer.cli import main
+from lightning_transfer.commands.cli import main
 
 main()

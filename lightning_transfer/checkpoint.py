@@ -1,15 +1,17 @@
-"""Reading checkpoints as untrusted input: tensors and plain values only, never code."""
+"""Reading checkpoints as untrusted input: tensors and plain values only, never code.
+
+This module knows what a lightning-transfer checkpoint holds, not the model class that rebuilds it
+(``lightning_transfer.model.load_model`` does that), so anything may read a checkpoint.
+"""
 
 from __future__ import annotations
 
-import inspect
 import re
 from pathlib import Path
 
 import torch
 
-from lightning_transfer.errors import UserError
-from lightning_transfer.model import TransferClassifier
+from lightning_transfer.utils.errors import UserError
 
 REQUIRED_HPARAMS = {"backbone", "image_size", "num_classes"}
 """What rebuilding the model needs beyond defaults; every checkpoint ``fit`` writes has them."""
@@ -41,27 +43,5 @@ def read_checkpoint(path: str | Path) -> dict:
             f"{str(path)!r} is not a lightning-transfer checkpoint (no TransferClassifier "
             "hyperparameters or state_dict); pass a .ckpt written by `lightning-transfer fit`"
         )
-    hparams = {k: v for k, v in hparams.items() if not k.startswith("_")}
-    unknown = sorted(hparams.keys() - inspect.signature(TransferClassifier).parameters.keys())
-    if unknown:
-        raise UserError(
-            f"{str(path)!r} was written by another model (hyperparameters {unknown} are not "
-            "TransferClassifier's); pass a .ckpt written by `lightning-transfer fit`"
-        )
-    checkpoint["hyper_parameters"] = hparams
+    checkpoint["hyper_parameters"] = {k: v for k, v in hparams.items() if not k.startswith("_")}
     return checkpoint
-
-
-def load_model(path: str | Path) -> TransferClassifier:
-    """Rebuild the classifier from a checkpoint alone, in eval mode on the CPU.
-
-    The backbone is built without pretrained weights (the checkpoint holds the trained ones), so
-    loading works offline.
-    """
-    checkpoint = read_checkpoint(path)
-    model = TransferClassifier(**{**checkpoint["hyper_parameters"], "weights": "none"})
-    try:
-        model.load_state_dict(checkpoint["state_dict"])
-    except RuntimeError as err:
-        raise UserError(f"{str(path)!r} does not match its own hyperparameters: {err}") from None
-    return model.eval()

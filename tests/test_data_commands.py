@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import http.server
 import io
 import socket
@@ -14,7 +16,7 @@ import pytest
 from PIL import Image
 
 from conftest import run_cli
-from lightning_transfer.cli import main
+from lightning_transfer.commands.cli import main
 from lightning_transfer.data import ImageFolderDataModule
 
 # Numeric order differs from text order (10 < 2 as text), so the split must sort by id.
@@ -28,8 +30,15 @@ def jpeg_bytes(size: tuple[int, int] = (8, 6), color: tuple[int, int, int] = (20
 
 
 def cli(*args: str) -> None:
-    """The real entry point, in process (fast); UserErrors surface as SystemExit('error: ...')."""
-    main(["data", *args])
+    """The real entry point, in process (fast); a UserError surfaces as SystemExit whose code is the
+    one line the command printed last on stderr ('error: ...')."""
+    stderr = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr):
+            main(["data", *args])
+    except SystemExit as exit:
+        lines = stderr.getvalue().strip().splitlines()
+        raise SystemExit(lines[-1] if exit.code == 1 and lines else exit.code) from None
 
 
 def listing(root: Path) -> list[str]:
@@ -213,6 +222,17 @@ def test_download_reuses_and_keeps_an_archive_already_there(server: ArchiveServe
     assert_filtered_layout(tmp_path / "filtered")
 
 
+def test_download_checks_the_md5_when_given(server: ArchiveServer, tmp_path: Path) -> None:
+    good = hashlib.md5(server.payload).hexdigest()
+    bad = "0" * 32
+    with pytest.raises(SystemExit) as failed:
+        cli("download", "--url", server.url, "--out", str(tmp_path / "filtered"), "--md5", bad)
+    assert f"does not have the MD5 {bad}; it was deleted" in str(failed.value.code)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # neither the archive nor out
+    cli("download", "--url", server.url, "--out", str(tmp_path / "filtered"), "--md5", good)
+    assert_filtered_layout(tmp_path / "filtered")
+
+
 def test_download_checks_the_layout_before_writing_out(server: ArchiveServer, tmp_path: Path) -> None:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as zipped:
@@ -224,6 +244,7 @@ def test_download_checks_the_layout_before_writing_out(server: ArchiveServer, tm
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no out, no staging folder, no archive
 
 
+@pytest.mark.slow
 def test_download_offline_is_one_line(tmp_path: Path) -> None:
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
@@ -245,6 +266,7 @@ def test_datamodule_downloads_a_missing_root(server: ArchiveServer, tmp_path: Pa
     assert len(server.range_headers) == 1
 
 
+@pytest.mark.slow
 def test_fit_downloads_a_missing_root_from_data_url(server: ArchiveServer, tmp_path: Path) -> None:
     """The CLI needs the class names before training starts, so it fetches ``--data.url`` first."""
     result = run_cli(

@@ -27,12 +27,12 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 from conftest import REPO, TINY_SIZE, run_cli
-from lightning_transfer.checkpoint import load_model
+from lightning_transfer import load_model
+from lightning_transfer.commands.demo import MAX_CHANNELS, activation_gallery, build_demo, predict, read_upload, serve
+from lightning_transfer.commands.demo import main as demo_main
 from lightning_transfer.data import ImageFolderDataModule, load_rgb
-from lightning_transfer.demo import MAX_CHANNELS, activation_gallery, build_demo, predict, read_upload, serve
-from lightning_transfer.demo import main as demo_main
-from lightning_transfer.errors import UserError
 from lightning_transfer.model import TransferClassifier
+from lightning_transfer.utils.errors import UserError
 
 EXAMPLES = sorted((REPO / "demo" / "examples").glob("*.jpg"))
 CHROMIUM = "/usr/bin/chromium"
@@ -100,6 +100,7 @@ def test_read_upload_bad_and_odd_images(tmp_path: Path) -> None:
         assert image.mode == "RGB" and image.size == Image.open(EXAMPLES[0]).size
 
 
+@pytest.mark.slow
 def test_cli_error_is_one_line_before_serving(tmp_path: Path) -> None:
     result = run_cli("demo", "--ckpt_path", "missing.ckpt", cwd=tmp_path)
     assert result.returncode != 0
@@ -124,6 +125,7 @@ def test_bad_options_fail_before_loading(monkeypatch: pytest.MonkeyPatch, args: 
         demo_main(args)
 
 
+@pytest.mark.slow
 def test_taken_port_is_one_user_error(tiny_checkpoint: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -133,6 +135,7 @@ def test_taken_port_is_one_user_error(tiny_checkpoint: Path) -> None:
             demo_main(["--ckpt_path", str(tiny_checkpoint), "--port", str(port)])
 
 
+@pytest.mark.slow
 def test_app_py_defaults_to_model_ckpt_next_to_it(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO), "LIGHTNING_TRANSFER_CKPT": ""}
     result = subprocess.run(
@@ -146,6 +149,7 @@ def test_app_py_defaults_to_model_ckpt_next_to_it(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.slow
 def test_auth_protects_the_app(model: TransferClassifier) -> None:
     demo = build_demo(model, examples=None)
     port = free_port()
@@ -204,6 +208,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequ
         process.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_share_failure_and_open_access_are_one_line_each(server: Server) -> None:
     warnings = [line for line in server.log.read_text().splitlines() if line.startswith("warning:")]
     assert len(warnings) == 2, warnings
@@ -219,6 +224,7 @@ def probabilities_of(label: dict) -> dict[str, float]:
     return {item["label"]: item["confidence"] for item in label["confidences"]}
 
 
+@pytest.mark.slow
 def test_client_predicts_and_survives_bad_input(server: Server, model: TransferClassifier, tmp_path: Path) -> None:
     client = Client(server.url, verbose=False)
     example = EXAMPLES[0]
@@ -268,6 +274,7 @@ def server_layer(client: Client) -> str:
     return layer["parameter_default"]
 
 
+@pytest.mark.slow
 def test_browser_uploads_predicts_and_shows_everything(server: Server, tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright
 

@@ -14,13 +14,14 @@ from lightning import Trainer
 from safetensors import safe_open
 
 from conftest import REPO, TINY_SIZE, channels_last_kernels, make_tiny_dataset, run_cli
-from lightning_transfer.backbones import Backbone, create_backbone, get_spec, memory_format
-from lightning_transfer.checkpoint import load_model
+from lightning_transfer import load_model
+from lightning_transfer.backbones import Backbone, create_backbone, get_spec
 from lightning_transfer.data import ImageFiles, ImageFolderDataModule
-from lightning_transfer.errors import UserError
 from lightning_transfer.features import FeatureCache, FeatureExtractor
-from lightning_transfer.files import default_cache_dir
 from lightning_transfer.model import TransferClassifier
+from lightning_transfer.utils.errors import UserError
+from lightning_transfer.utils.files import default_cache_dir
+from lightning_transfer.utils.runtime import memory_format
 
 BACKBONE = "efficientnet_lite0"  # real offline ImageNet weights, and cheap at 64 px
 CONFIG = REPO / "configs" / "efficientnet_lite0_feature_extraction.yaml"
@@ -80,6 +81,7 @@ def fit_on_cached_features(root: Path, weights: Path, cache_dir: Path) -> tuple[
         max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False,
     )
+    data.use_features_of(model)
     threads = torch.get_num_threads()
     trainer.fit(model, data)
     assert torch.get_num_threads() == threads, "teardown must restore the thread count"
@@ -110,6 +112,7 @@ def validate_on_cached_features(
     trainer = Trainer(
         accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False, **trainer_options
     )
+    module.use_features_of(model)
     (logged,) = trainer.validate(model, module)
     return trainer, logged, model, module
 
@@ -207,7 +210,7 @@ def test_interrupted_write_leaves_no_cache_file(
         Path(filename).write_bytes(b"partial")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("lightning_transfer.features.save_file", half_written)
+    monkeypatch.setattr("lightning_transfer.features.cache.save_file", half_written)
     with pytest.raises(KeyboardInterrupt):
         cache_for(backbone, tmp_path / "cache").get("train", image_files(data))
     assert not [path for path in (tmp_path / "cache").rglob("*") if path.is_file()]
@@ -310,6 +313,7 @@ def test_ddp_extracts_once_and_other_ranks_read_the_cache(tiny_data: Path, tmp_p
         assert result.stdout.count(f"features [{split}]: cache hit") == 1, result.stdout
 
 
+@pytest.mark.slow
 def test_cache_features_with_augmentation_is_refused_in_one_line(tiny_data: Path, tmp_path: Path) -> None:
     result = run_cli(
         "fit", "--config", str(CONFIG), "--data.root", str(tiny_data), "--data.augment", "true", cwd=tmp_path,
@@ -330,6 +334,9 @@ def test_cache_features_with_trainable_backbone_is_refused(data: Path, tmp_path:
         str(data), image_size=TINY_SIZE, backbone=BACKBONE, cache_features=True, cache_dir=str(tmp_path / "cache")
     )
     trainer = Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False)
-    with pytest.raises(UserError, match=r"data.cache_features true needs a frozen backbone .* --model.freeze_backbone true"):
+    with pytest.raises(UserError, match=r"call datamodule.use_features_of\(model\) before fitting"):
+        trainer.fit(model, datamodule)  # the data module is not told whose backbone extracts
+    datamodule.use_features_of(model)
+    with pytest.raises(UserError, match=r"needs a frozen backbone .* --model.freeze_backbone true"):
         trainer.fit(model, datamodule)
     assert not (tmp_path / "cache").exists(), "nothing may be extracted before refusing"

@@ -11,12 +11,12 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from conftest import REPO, TINY_SIZE, run_cli
+from lightning_transfer import load_model, read_checkpoint
 from lightning_transfer.backbones import create_backbone
-from lightning_transfer.checkpoint import load_model, read_checkpoint
+from lightning_transfer.callbacks.finetuning import Stage, StagedFinetuning, resolve_blocks
 from lightning_transfer.data import ImageFolderDataModule
-from lightning_transfer.errors import UserError
-from lightning_transfer.finetuning import Stage, StagedFinetuning, resolve_blocks
 from lightning_transfer.model import TransferClassifier
+from lightning_transfer.utils.errors import UserError
 
 LR = 1e-3
 
@@ -174,11 +174,13 @@ def test_init_from_refuses_another_model(tiny_checkpoint: Path, change: dict, me
 SCHEDULE = """
 trainer:
   callbacks:
-    - class_path: lightning_transfer.finetuning.StagedFinetuning
+    - class_path: lightning_transfer.callbacks.StagedFinetuning
       init_args:
         stages: [{epoch: 2, blocks: [block5], lr_factor: 0.5}, {epoch: 3, blocks: 1, lr_factor: 0.1}]
 """
 FINAL_EPOCH = 3
+CLI_LR = 1e-4
+"""Small enough that the 4 generated training images are not fit to a zero loss (zero gradients) by epoch 3."""
 
 
 def fit(workdir: Path, data: Path, max_epochs: int, *extra: str) -> str:
@@ -187,7 +189,7 @@ def fit(workdir: Path, data: Path, max_epochs: int, *extra: str) -> str:
         "fit", "--config", str(REPO / "configs" / "vgg16_fine_tuning.yaml"), "--config", "schedule.yaml",
         "--data.root", str(data), "--data.image_size", str(TINY_SIZE), "--data.num_workers", "0",
         "--data.max_images_per_class", "2", "--data.batch_size", "4", "--model.weights", "none",
-        "--model.lr", str(LR), "--trainer.enable_progress_bar", "false",
+        "--model.lr", str(CLI_LR), "--trainer.enable_progress_bar", "false",
         "--trainer.enable_model_summary", "false",
         "--trainer.max_epochs", str(max_epochs), *extra, cwd=workdir,
     )
@@ -241,8 +243,8 @@ def runs(tiny_data: Path, tiny_checkpoint: Path, tmp_path_factory: pytest.TempPa
 def test_resume_before_the_boundary_unfreezes_at_the_configured_epoch(runs: dict) -> None:
     first, second, _ = runs["resumed"]
     assert (first["epoch"], second["epoch"]) == (0, 2)  # last.ckpt is the last epoch, not the best
-    assert "fine-tuning, epoch 2: unfroze block5 (lr 0.0005)" in runs["logs"][1]
-    assert [group[:2] for group in groups_of(second)] == [("head", LR), ("block5", LR * 0.5)]
+    assert f"fine-tuning, epoch 2: unfroze block5 (lr {CLI_LR * 0.5:.3g})" in runs["logs"][1]
+    assert [group[:2] for group in groups_of(second)] == [("head", CLI_LR), ("block5", CLI_LR * 0.5)]
     assert changed(first, second, "backbone.body.block5")
     assert not changed(first, second, "backbone.body.block4")
 
@@ -255,9 +257,9 @@ def test_resume_after_the_boundary_keeps_training_the_unfrozen_block(runs: dict)
     assert changed(second, third, "backbone.body.block4")
     assert not changed(second, third, "backbone.body.block3")
     assert "fine-tuning, epoch 3: resumed training block5" in runs["logs"][2]
-    assert "fine-tuning, epoch 3: unfroze block4 (lr 0.0001)" in runs["logs"][2]
+    assert f"fine-tuning, epoch 3: unfroze block4 (lr {CLI_LR * 0.1:.3g})" in runs["logs"][2]
     assert groups_of(third) == groups_of(runs["uninterrupted"])
-    expected = [("head", LR), ("block5", LR * 0.5), ("block4", LR * 0.1)]
+    expected = [("head", CLI_LR), ("block5", CLI_LR * 0.5), ("block4", CLI_LR * 0.1)]
     assert [group[:2] for group in groups_of(third)] == expected
 
 

@@ -10,22 +10,23 @@ import torch
 from PIL import Image
 
 from conftest import REPO, TINY_SIZE, run_cli
+from lightning_transfer import load_model
 from lightning_transfer.backbones import Backbone, create_backbone
-from lightning_transfer.checkpoint import load_model
+from lightning_transfer.commands.visualize import main as visualize
 from lightning_transfer.data import load_rgb
-from lightning_transfer.errors import UserError
-from lightning_transfer.figures import activation_view, gradcam_view
 from lightning_transfer.interpret import (
     ImageNetClassifier,
+    activation_view,
     class_index,
     default_layers,
     filter_patterns,
     gradcam,
+    gradcam_view,
     image_batch,
     layer_activations,
 )
 from lightning_transfer.model import TransferClassifier
-from lightning_transfer.visualize import main as visualize
+from lightning_transfer.utils.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +99,7 @@ def imagenet_classifier() -> ImageNetClassifier:
     return ImageNetClassifier("efficientnet_lite0")
 
 
+@pytest.mark.slow
 def test_gradcam_maps_are_nonconstant_and_depend_on_the_target(
     imagenet_classifier: ImageNetClassifier, shared_data: Path
 ) -> None:
@@ -147,7 +149,7 @@ def test_activation_view_of_one_layer(model: TransferClassifier, images: list[Pa
 
     assert view.title == "block2_conv1: 128 channels, 32x32"
     assert len(view.channels) == 128 and view.channels[0].size == (32, 32)
-    assert view.grid.size == (16 * 33 - 1, 8 * 33 - 1)
+    assert view.grid.size == (16 * 33 + 1, 8 * 33 + 1)  # 1-pixel white gaps and border
     with pytest.raises(UserError, match="no layer 'block9'; valid layers: block1_conv1, "):
         activation_view(model, load_rgb(images[0]), "block9")
 
@@ -183,17 +185,17 @@ def test_visualize_commands_write_pngs(
 
     written = sorted(path.name for path in out.iterdir())
     assert written == [
-        "activations_dog.4001_block1_conv1.png",
-        "activations_dog.4001_block5_pool.png",
+        "activations_dog.1000_block1_conv1.png",
+        "activations_dog.1000_block5_pool.png",
         "filters_block1_conv1.png",
-        "gradcam_dog.4001_cat_heatmap.png",
-        "gradcam_dog.4001_cat_overlay.png",
+        "gradcam_dog.1000_cat_heatmap.png",
+        "gradcam_dog.1000_cat_overlay.png",
     ]
     printed = capsys.readouterr().out
     for name in written:
         assert f"wrote {out / name}" in printed
         assert _png_size(out / name)[0] >= 64
-    assert _png_size(out / "gradcam_dog.4001_cat_overlay.png") == Image.open(image).size
+    assert _png_size(out / "gradcam_dog.1000_cat_overlay.png") == Image.open(image).size
     assert "target 'cat'" in printed
 
     with pytest.raises(UserError, match="already exist; pass --overwrite"):
@@ -201,6 +203,7 @@ def test_visualize_commands_write_pngs(
     visualize(["gradcam", *checkpoint, "--image", image, "--target", "cat", "--overwrite"])
 
 
+@pytest.mark.slow
 def test_visualize_unreadable_image_is_one_line_from_the_cli(tmp_path: Path) -> None:
     bad_image = tmp_path / "notes.jpg"
     bad_image.write_text("not an image")
@@ -232,6 +235,7 @@ def test_visualize_bad_names_fail_before_writing_naming_the_choices(
     assert not (tmp_path / "viz").exists()
 
 
+@pytest.mark.slow
 def test_gradcam_logger_from_yaml_logs_overlays_to_tensorboard(tiny_data: Path, tmp_path: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -239,7 +243,7 @@ def test_gradcam_logger_from_yaml_logs_overlays_to_tensorboard(tiny_data: Path, 
     config.write_text(
         "trainer:\n"
         "  callbacks:\n"
-        "    - class_path: lightning_transfer.gradcam_logger.GradCamLogger\n"
+        "    - class_path: lightning_transfer.callbacks.GradCamLogger\n"
         "      init_args: {num_images: 3}\n"
     )
     result = run_cli(

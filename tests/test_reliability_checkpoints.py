@@ -11,9 +11,9 @@ from lightning import Trainer
 from lightning.pytorch.demos.boring_classes import BoringModel
 
 from conftest import TINY_SIZE, run_cli
-from lightning_transfer import cli
-from lightning_transfer.checkpoint import load_model, read_checkpoint
-from lightning_transfer.errors import UserError
+from lightning_transfer import load_model, read_checkpoint
+from lightning_transfer.commands import cli
+from lightning_transfer.utils.errors import UserError
 
 OUR_HPARAMS = {"backbone": "vgg16", "image_size": TINY_SIZE, "num_classes": 2, "class_names": ["cat", "dog"]}
 
@@ -51,6 +51,7 @@ def test_malicious_pickle_is_refused_and_runs_nothing(evil_checkpoint):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["test", "predict", "visualize", "demo"])
 def test_commands_refuse_a_malicious_checkpoint_even_when_torch_is_told_to_trust_files(
     command, evil_checkpoint, tiny_data, tmp_path
@@ -70,11 +71,12 @@ def test_commands_refuse_a_malicious_checkpoint_even_when_torch_is_told_to_trust
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_lightning_loads_the_checkpoint_with_weights_only_too(evil_checkpoint, tiny_data, tmp_path, monkeypatch):
     """Even if the file changed after our own check, Lightning's load is explicitly weights_only."""
     path, marker = evil_checkpoint
     hparams = {"hyper_parameters": {**OUR_HPARAMS, "weights": "none"}, "state_dict": {}}
-    monkeypatch.setattr(cli, "read_checkpoint", lambda _: hparams)  # our check fooled
+    monkeypatch.setattr(cli, "read_model_checkpoint", lambda _: hparams)  # our check fooled
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # torch's default undone
     monkeypatch.chdir(tmp_path)
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
@@ -117,6 +119,7 @@ def test_checkpoints_of_other_models_are_refused_clearly(tmp_path):
         load_model(tmp_path / "lookalike.ckpt")
 
 
+@pytest.mark.slow
 def test_cli_refuses_other_models_urls_and_missing_last_in_one_line(tmp_path):
     torch.save({"state_dict": {}, "hyper_parameters": {"lr": 0.1}}, tmp_path / "other.ckpt")
     cases = {

@@ -14,11 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import make_tiny_dataset, run_cli
-from lightning_transfer import image_check
-from lightning_transfer.data import ImageFolderDataModule, is_image_file, load_rgb
-from lightning_transfer.errors import UserError
-from lightning_transfer.image_check import find_bad_images, problem_with
+from conftest import make_tiny_dataset, run_cli, synthetic_photo
+from lightning_transfer.data import ImageFolderDataModule, image_check, is_image_file, load_rgb
+from lightning_transfer.data.image_check import find_bad_images, problem_with
+from lightning_transfer.utils.errors import UserError
 
 WHITE, RED, BLUE = (255, 255, 255), (255, 0, 0), (0, 0, 255)
 
@@ -124,8 +123,10 @@ def test_exif_orientation_is_applied(tmp_path: Path) -> None:
     assert np.abs(np.subtract(image.getpixel((10, 35)), BLUE)).max() <= 6  # blue at the bottom
 
 
-def test_broken_files_are_found_with_a_reason_and_refused_by_load_rgb(tmp_path: Path, shared_data: Path) -> None:
-    broken = make_broken(tmp_path, next((shared_data / "train" / "cat").glob("*.jpg")))
+def test_broken_files_are_found_with_a_reason_and_refused_by_load_rgb(tmp_path: Path) -> None:
+    photo = tmp_path / "photo.jpg"
+    synthetic_photo(0, 0, size=256).save(photo)
+    broken = make_broken(tmp_path, photo)
     for name, reason in broken.items():
         assert reason in problem_with(tmp_path / name), name
         with pytest.raises(UserError, match="cannot read image") as caught:
@@ -239,6 +240,7 @@ def test_clear_one_line_errors_for_broken_layouts(tmp_path: Path, monkeypatch) -
         assert f"{only_broken / 'train' / 'dog'}' holds no readable images" in error_of(only_broken)
 
 
+@pytest.mark.slow
 def test_fit_skips_or_stops_on_the_zoo_from_the_command_line(messy_data, tmp_path):
     args = (
         "fit", "--data.root", str(messy_data["root"]), "--data.image_size", "32", "--data.num_workers", "0",

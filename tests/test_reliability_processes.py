@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, TINY_SIZE, make_tiny_dataset, run_cli
-from lightning_transfer.checkpoint import read_checkpoint
+from lightning_transfer import read_checkpoint
 
 BATCH_SIZE = 4
 FIT = (

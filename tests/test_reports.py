@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning import Callback, Trainer
 from PIL import Image
 
-from lightning import Callback, Trainer
-
 from conftest import REPO, TINY_SIZE, run_cli
-from lightning_transfer import curves, report
-from lightning_transfer.curves import TrainingCurves, plot_curves, smooth
+from lightning_transfer.callbacks import curves
+from lightning_transfer.callbacks import test_report as report
+from lightning_transfer.callbacks.curves import TrainingCurves, plot_curves, smooth
 from lightning_transfer.data import ImageFolderDataModule
 from lightning_transfer.model import TransferClassifier
 
@@ -129,6 +129,7 @@ def hand_metrics(rows: list[dict[str, str]], class_names: list[str]) -> dict:
     return {"accuracy": sum(t == p for t, p in pairs) / len(pairs), "classes": per_class, "roc_auc": auc}
 
 
+@pytest.mark.slow
 def test_test_report_matches_the_predictions(tiny_checkpoint: Path, tiny_data: Path, tmp_path: Path) -> None:
     common = ["--data.root", str(tiny_data), "--data.num_workers", "0", "--trainer.enable_progress_bar", "false",
               "--ckpt_path", str(tiny_checkpoint)]

@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 from lightning import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from conftest import TINY_SIZE
+from lightning_transfer.callbacks.checkpointing import find_last_checkpoint, last_epoch_checkpoint
 from lightning_transfer.data import ImageFolderDataModule
-from lightning_transfer.errors import UserError
 from lightning_transfer.model import TransferClassifier
-from lightning_transfer.resume import LastEpochCheckpoint, find_last_checkpoint
+from lightning_transfer.utils.errors import UserError
 
 
 def test_last_checkpoint_is_written_when_the_monitored_metric_does_not_improve(
@@ -29,9 +30,9 @@ def test_last_checkpoint_is_written_when_the_monitored_metric_does_not_improve(
         root=str(tiny_data), image_size=TINY_SIZE, batch_size=8, num_workers=0, backbone="efficientnet_lite0",
         max_images_per_class=2,
     )
-    checkpoint = LastEpochCheckpoint(dirpath=tmp_path, monitor="val_acc", mode="max", save_last=True)
+    best = ModelCheckpoint(dirpath=tmp_path, monitor="val_acc", mode="max")
     trainer = Trainer(
-        max_epochs=3, callbacks=[checkpoint], logger=False, enable_progress_bar=False,
+        max_epochs=3, callbacks=[best, last_epoch_checkpoint(tmp_path)], logger=False, enable_progress_bar=False,
         enable_model_summary=False, num_sanity_val_steps=0,
     )
     trainer.fit(model, data)

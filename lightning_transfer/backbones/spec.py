@@ -1,0 +1,61 @@
+"""What the project knows about one pretrained conv base: how to build it and how it wants its input.
+
+Like torchvision's weights enums, a spec carries its own preprocessing, so data, demo and
+visualizations never hard-code mean/std.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torchvision.transforms import InterpolationMode, v2
+
+StateDict = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a backbone's pretrained weights expect pixels: resize filter and normalization."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: InterpolationMode
+
+    def resize(self, image_size: int) -> v2.Resize:
+        """Square resize, like Keras' ``target_size`` (the book squashes, it does not crop)."""
+        return v2.Resize((image_size, image_size), interpolation=self.interpolation, antialias=True)
+
+    def to_model_input(self) -> v2.Compose:
+        """uint8 image tensor -> normalized float tensor."""
+        return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.mean, self.std)])
+
+    def transform(self, image_size: int, augment: v2.Transform | None = None) -> v2.Compose:
+        """PIL image -> model input; ``augment`` (if any) runs on the resized uint8 tensor."""
+        steps = [v2.ToImage(), self.resize(image_size), augment, self.to_model_input()]
+        return v2.Compose([step for step in steps if step is not None])
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Everything the project needs to know about one pretrained conv base."""
+
+    name: str
+    description: str
+    build_source: Callable[[], nn.Module]
+    """The upstream model (torchvision / timm), randomly initialized."""
+    imagenet_state_dict: Callable[[], StateDict]
+    """The upstream model's ImageNet weights; raises WeightsUnavailableError when unobtainable."""
+    adapt_state_dict: Callable[[nn.Module, StateDict], StateDict]
+    """Accepts the key layouts people have on disk and returns the upstream model's layout."""
+    to_blocks: Callable[[nn.Module], nn.Sequential]
+    """Upstream model -> conv base as a Sequential of named blocks, bottom to top."""
+    to_imagenet_head: Callable[[nn.Module], nn.Module]
+    """Upstream model -> module mapping conv-base features to the 1000 ImageNet logits."""
+    out_channels: int
+    preprocessing: Preprocessing
+    default_image_size: int
+    cam_layer: str
+    """Layer Grad-CAM uses by default: the last conv layer's output."""

@@ -1,0 +1,33 @@
+"""Reading state-dict files users pass as ``--model.weights PATH``: tensors only, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from lightning_transfer.backbones.spec import StateDict
+from lightning_transfer.utils.errors import UserError
+
+
+def load_state_dict_file(path: str | Path) -> StateDict:
+    """Read a .pth/.pt (tensors only, no code runs) or .safetensors file, with clear errors."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(
+            f"weights file {str(path)!r} does not exist; pass --model.weights imagenet, none, "
+            "or the path of a state-dict file (.pth, .pt, .safetensors)"
+        )
+    try:
+        if path.suffix == ".safetensors":
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # any parse failure is the file's fault, say so in one line
+        raise UserError(f"cannot read weights file {str(path)!r}: {err}") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"weights file {str(path)!r} does not hold a state dict of tensors")
+    return state

@@ -1,0 +1,80 @@
+"""One-call views for apps such as the demo: a classifier and a PIL image in, images to show out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+from lightning_transfer.interpret.attribution import (
+    Classifier,
+    class_index,
+    gradcam,
+    image_batch,
+    layer_activations,
+)
+from lightning_transfer.interpret.render import activation_grid, channel_images, heatmap_image, overlay, shape_title
+from lightning_transfer.utils.runtime import eval_mode
+
+
+@dataclass(frozen=True)
+class GradCamView:
+    """Grad-CAM of one image, ready to show."""
+
+    target: str
+    """The explained class."""
+    probabilities: dict[str, float]
+    """The model's probability for every class (the prediction Grad-CAM was computed on)."""
+    cam: torch.Tensor
+    """(H, W) Grad-CAM in [0, 1] at the model's input size; all zero when nothing counts for the target."""
+    heatmap: Image.Image
+    """Colored heatmap at the image's size."""
+    overlay: Image.Image
+    """Heatmap blended over the image."""
+
+    @property
+    def probability(self) -> float:
+        """The model's probability for the explained class."""
+        return self.probabilities[self.target]
+
+
+def gradcam_view(model: Classifier, image: Image.Image, target: str | None = None) -> GradCamView:
+    """Grad-CAM of one PIL image for ``target`` (a class name; None = the predicted class)."""
+    batch = image_batch(model.backbone, [image], model.image_size)
+    with torch.no_grad(), eval_mode(model):
+        probabilities = model(batch).softmax(dim=1)[0]
+    index = int(probabilities.argmax()) if target is None else class_index(model.class_names, target)
+    cam = gradcam(model, batch, index)[0].cpu()
+    return GradCamView(
+        target=model.class_names[index],
+        probabilities=dict(zip(model.class_names, probabilities.tolist())),
+        cam=cam,
+        heatmap=heatmap_image(cam, image.size),
+        overlay=overlay(image, cam),
+    )
+
+
+@dataclass(frozen=True)
+class ActivationView:
+    """One layer's activation for one image, ready to show."""
+
+    layer: str
+    title: str
+    """Layer name and shape, e.g. ``block1_conv1: 64 channels, 150x150``."""
+    channels: list[Image.Image]
+    """One colored image per channel."""
+    grid: Image.Image
+    """All channels in one grid, 16 per row."""
+
+
+def activation_view(model: Classifier, image: Image.Image, layer: str) -> ActivationView:
+    """Activations of one named backbone layer (``Backbone.layers()``) for one PIL image."""
+    batch = image_batch(model.backbone, [image], model.image_size)
+    activation = layer_activations(model.backbone, batch, [layer])[layer][0]
+    return ActivationView(
+        layer=layer,
+        title=shape_title(layer, activation),
+        channels=channel_images(activation),
+        grid=activation_grid(activation),
+    )

@@ -1,0 +1,1 @@
+"""Small helpers every layer may use: errors for the user, files, figures, run modes."""
