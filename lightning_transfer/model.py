@@ -17,6 +17,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from lightning_transfer.backbones import Backbone, Preprocessing, create_backbone
 from lightning_transfer.checkpoint import read_checkpoint
 from lightning_transfer.head import Head, Pool, upgrade_head_keys
+from lightning_transfer.schedules import Schedule, build_scheduler, plan_steps
 from lightning_transfer.utils.errors import UserError
 
 
@@ -63,6 +64,10 @@ class TransferClassifier(LightningModule):
         optimizer: a ``torch.optim`` optimizer by name: ``rmsprop`` (the book), ``adam``, ``adamw``, ``sgd``...
         lr: learning rate of the head (the book: 2e-5).
         weight_decay: optimizer weight decay.
+        scheduler: learning-rate schedule over the whole fit, stepped every batch: ``none`` (the book's
+            constant rate), ``cosine`` (annealed to 0) or ``onecycle`` (up to ``lr``, then down).
+        warmup_epochs: epochs (fractions allowed) of linear warm-up before the cosine decay, or of
+            one-cycle's rising phase (0: 30% of the run, OneCycleLR's default).
         channels_last: run the convolutions in channels_last layout, oneDNN's preferred one, which
             makes CPU training steps faster (docs/performance.md). On GPUs ``false`` avoids cuDNN's
             per-batch-shape set-up time for channels_last kernels.
@@ -86,6 +91,8 @@ class TransferClassifier(LightningModule):
         optimizer: str = "rmsprop",
         lr: float = 2e-5,
         weight_decay: float = 0.0,
+        scheduler: Schedule = "none",
+        warmup_epochs: float = 0.0,
         channels_last: bool = True,
         init_from: str | None = None,
     ) -> None:
@@ -97,6 +104,10 @@ class TransferClassifier(LightningModule):
         if num_classes < 2:
             raise UserError(f"num_classes={num_classes}; a classifier needs at least 2 classes")
         optimizer_class(optimizer)  # an unknown name stops here, not after the first epoch's set-up
+        if scheduler != "none" and lr <= 0:
+            raise UserError(f"--model.scheduler {scheduler} scales model.lr, which is {lr}; use a positive lr")
+        if warmup_epochs < 0:
+            raise UserError(f"--model.warmup_epochs {warmup_epochs}: use a number of epochs >= 0")
         self.save_hyperparameters(ignore=["init_from"])
         self.class_names = list(class_names)
         self.backbone: Backbone = create_backbone(backbone, "none" if init_from else weights)
@@ -111,6 +122,8 @@ class TransferClassifier(LightningModule):
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self._schedule_steps: int | None = None  # this fit's plan (schedule_steps), saved in checkpoints
+        self._resumed_schedule_steps: int | None = None  # the plan of the checkpoint a fit resumes from
 
     def init_from_checkpoint(self, path: str) -> None:
         """Copy backbone + head weights from a checkpoint of the same backbone, classes and head."""
@@ -134,8 +147,10 @@ class TransferClassifier(LightningModule):
         self.load_state_dict(state)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """``--ckpt_path`` restores: checkpoints written before the head had named parts load too."""
+        """``--ckpt_path`` restores: checkpoints written before the head had named parts load too; the
+        schedule's planned length is kept to check a resumed fit against (:meth:`schedule_steps`)."""
         checkpoint["state_dict"] = upgrade_head_keys(checkpoint["state_dict"])
+        self._resumed_schedule_steps = checkpoint.get("schedule_steps")
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -214,13 +229,35 @@ class TransferClassifier(LightningModule):
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         return {"path": batch["path"], "probabilities": self.probabilities(self.logits(batch))}
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict:
         trainable = [p for p in self.parameters() if p.requires_grad]
         if not trainable:
             raise UserError("nothing to train: every parameter is frozen")
-        optimizer = optimizer_class(self.hparams.optimizer)
+        optimizer_type = optimizer_class(self.hparams.optimizer)
         groups = [{"params": trainable, "name": "head"}]  # named: LearningRateMonitor logs lr-<Opt>/head
-        return optimizer(groups, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        optimizer = optimizer_type(groups, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        if self.hparams.scheduler == "none":
+            return optimizer
+        total, warmup = self.schedule_steps()
+        scheduler = build_scheduler(optimizer, self.hparams.scheduler, total, warmup)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def schedule_steps(self) -> tuple[int, int]:
+        """(optimizer steps of the whole fit, warm-up steps); a resumed fit must plan as many steps as
+        its checkpoint: the restored scheduler state keeps the old plan, and a longer run would step
+        one-cycle past its end or cosine back up."""
+        total, warmup = plan_steps(self.trainer, self.hparams.scheduler, self.hparams.warmup_epochs)
+        planned = self._resumed_schedule_steps
+        if planned is not None and planned != total:
+            raise UserError(f"--ckpt_path: that run's {self.hparams.scheduler} schedule spans {planned} steps, "
+                            f"this one {total}; resume with the same --trainer.max_epochs and data, or start a "
+                            "new fit from it with --model.init_from")
+        self._schedule_steps = total
+        return total, warmup
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self._schedule_steps is not None:
+            checkpoint["schedule_steps"] = self._schedule_steps
 
 
 def read_model_checkpoint(path: str | Path) -> dict:

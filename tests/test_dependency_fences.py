@@ -10,6 +10,7 @@ from lightning.pytorch.cli import LightningCLI
 
 from lightning_transfer.commands.cli import TransferCLI
 from lightning_transfer.features import bf16_supported
+from lightning_transfer.schedules import nested
 
 
 def test_lightning_cli_still_calls_the_private_parse_ckpt_path_hook() -> None:
@@ -30,3 +31,15 @@ def test_torch_still_has_the_private_cpu_bf16_check() -> None:
     check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
     assert check is not None, "torch.ops.mkldnn._is_mkldnn_bf16_supported is gone"
     assert bf16_supported(torch.device("cpu")) == bool(check())
+
+
+def test_torch_sequential_lr_still_keeps_its_schedulers_in_a_private_list() -> None:
+    """``schedules.add_param_group`` registers a group added in mid-run with every scheduler a
+    SequentialLR chains, which it finds in ``SequentialLR._schedulers``. If this fails, find where
+    torch keeps them now (or build the cosine warm-up without SequentialLR)."""
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([parameter], lr=1.0)
+    warmup = torch.optim.lr_scheduler.LinearLR(optimizer, total_iters=2)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=4)
+    chained = torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, cosine], milestones=[2])
+    assert list(nested([chained])) == [chained, warmup, cosine]

@@ -7,6 +7,8 @@ hold parameters without gradients that silently stop training (Lightning issue #
 epoch start brings the model to the state the schedule asks for at that epoch: stages that are due
 are trainable, and their parameters join the optimizer only if the checkpoint did not put them there
 already. A resumed run therefore matches an uninterrupted one, whatever epoch it resumes from.
+With a learning-rate schedule (``model.scheduler``) a stage's group follows it from its epoch on, at
+``lr_factor`` times the head's scheduled rate.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from torch.optim import Optimizer
 
 from lightning_transfer.backbones import Backbone
 from lightning_transfer.model import set_trainable
+from lightning_transfer.schedules import add_param_group
 from lightning_transfer.utils.errors import UserError
 
 
@@ -112,8 +115,10 @@ class StagedFinetuning(BaseFinetuning):
             new = [p for p in frozen if id(p) not in in_optimizer]
             if new:
                 lr = pl_module.hparams.lr * stage.lr_factor
-                optimizer.add_param_group({"params": new, "lr": lr, "name": "+".join(names)})
-                what = f"unfroze {', '.join(names)} (lr {lr:.3g})"
+                group = {"params": new, "lr": lr, "name": "+".join(names)}
+                add_param_group(optimizer, [config.scheduler for config in pl_module.trainer.lr_scheduler_configs], group)
+                scheduled = f", {group['lr']:.3g} at this point of the schedule" if group["lr"] != lr else ""
+                what = f"unfroze {', '.join(names)} (lr {lr:.3g}{scheduled})"
             else:  # resumed: the checkpoint restored this stage's group and its learning rate
                 what = f"resumed training {', '.join(names)} (lr from the checkpoint)"
             trainable = sum(p.numel() for p in pl_module.parameters() if p.requires_grad)
