@@ -1,2 +1,2 @@
 """The ``lightning-transfer`` command: LightningCLI for fit/validate/test/predict (``cli``), and the
-``data``, ``visualize`` and ``demo`` subcommands."""
+``data``, ``visualize``, ``demo``, ``lr_find`` and ``export`` subcommands."""

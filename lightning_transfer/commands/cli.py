@@ -41,6 +41,8 @@ EXTRA_COMMANDS = {
     "data": "lightning_transfer.commands.data",
     "visualize": "lightning_transfer.commands.visualize",
     "demo": "lightning_transfer.commands.demo",
+    "lr_find": "lightning_transfer.commands.lr_find",
+    "export": "lightning_transfer.commands.export",
 }
 
 
@@ -109,7 +111,7 @@ class TransferCLI(LightningCLI):
         self.config = self.parser.parse_object({subcommand: update}, self.config)
 
     def before_instantiate_classes(self) -> None:
-        config = self.config[self.subcommand]
+        config = self.config[self.subcommand] if self.subcommand else self.config  # run=False: lr_find
         if config.get("ckpt_path"):  # resuming or evaluating: the checkpoint supplies the weights
             config.model.weights = "none"
             config.model.init_from = None

@@ -1,0 +1,94 @@
+"""``lightning-transfer lr_find --config ...``: Lightning's learning-rate range test on the model and
+data that ``fit`` builds from the same config (cached features too), the suggested learning rate, and
+the loss-vs-lr plot in the run's folder.
+
+The search trains from the configured starting weights for ``--lr_find.num_training`` steps at
+exponentially growing learning rates, then Lightning restores the weights from a temporary
+checkpoint; nothing else is changed, the config included. The suggestion is where the smoothed loss
+falls fastest (Lightning's ``suggestion``).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from lightning.pytorch.cli import LightningArgumentParser
+from lightning.pytorch.tuner import Tuner
+
+from lightning_transfer.commands.cli import TransferCLI
+from lightning_transfer.data import ImageFolderDataModule
+from lightning_transfer.model import TransferClassifier
+from lightning_transfer.utils.errors import UserError
+from lightning_transfer.utils.plotting import new_figure, save_figure
+
+PLOT = "lr_find.png"
+TEMPORARY_CHECKPOINTS = ".lr_find_*.ckpt"
+"""Lightning's snapshot of the starting weights, in ``trainer.default_root_dir``."""
+
+
+class LrFindCLI(TransferCLI):
+    """The fit command's parser and classes (``run=False``), plus the search's own options."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        super().add_arguments_to_parser(parser)
+        parser.add_argument("--lr_find.min_lr", type=float, default=1e-8, help="first learning rate tried")
+        parser.add_argument("--lr_find.max_lr", type=float, default=1.0, help="last learning rate tried")
+        parser.add_argument("--lr_find.num_training", type=int, default=100, help="steps, one learning rate each")
+
+    def before_instantiate_classes(self) -> None:
+        """Enough epochs for every step of the search, and no validation: only the training loss counts."""
+        super().before_instantiate_classes()
+        options, trainer = self.config.lr_find, self.config.trainer
+        if not 0 < options.min_lr < options.max_lr:
+            raise UserError(f"--lr_find.min_lr {options.min_lr} and --lr_find.max_lr {options.max_lr}: "
+                            "use 0 < min_lr < max_lr")
+        if options.num_training < 2:
+            raise UserError(f"--lr_find.num_training {options.num_training}: use at least 2 steps")
+        trainer.max_epochs = max(trainer.max_epochs or 1, options.num_training)  # an epoch is at least a step
+        trainer.check_val_every_n_epoch = trainer.max_epochs + 1
+
+
+def plot_search(finder: object, suggestion: float, path: Path) -> Path:
+    """Loss against learning rate (log scale), the suggestion marked: Lightning's plot on our own axes,
+    so no pyplot figure is created."""
+    figure = new_figure(6, 4)
+    axis = figure.subplots()
+    finder.plot(suggest=True, ax=axis)
+    axis.set_title(f"Learning-rate range test: suggested lr {suggestion:.2g}")
+    return save_figure(figure, path)
+
+
+def main(argv: list[str]) -> None:
+    cli = LrFindCLI(
+        TransferClassifier,
+        ImageFolderDataModule,
+        run=False,
+        args=argv,
+        save_config_kwargs={"overwrite": True, "config_filename": "lr_find_config.yaml"},
+        parser_kwargs={"prog": "lightning-transfer lr_find", "description": __doc__.splitlines()[0]},
+    )
+    options, trainer = cli.config.lr_find, cli.trainer
+    root = Path(trainer.default_root_dir)
+    before = set(root.glob(TEMPORARY_CHECKPOINTS))
+    try:
+        finder = Tuner(trainer).lr_find(
+            cli.model, datamodule=cli.datamodule, min_lr=options.min_lr, max_lr=options.max_lr,
+            num_training=options.num_training, update_attr=False,
+        )
+    finally:  # an interrupted search can leave Lightning's snapshot behind (Lightning issue #13856)
+        if trainer.is_global_zero:
+            for leftover in set(root.glob(TEMPORARY_CHECKPOINTS)) - before:
+                leftover.unlink(missing_ok=True)
+    if not trainer.is_global_zero:
+        return
+    suggestion = finder.suggestion() if finder is not None else None
+    if suggestion is None or not math.isfinite(suggestion):
+        steps = len(finder.results.get("lr", [])) if finder is not None else 0
+        raise UserError(f"the search ran {steps} steps, too few for a suggestion (the first 10 and the last are "
+                        "skipped); raise --lr_find.num_training or give it more training images")
+    path = plot_search(finder, suggestion, Path(trainer.log_dir or ".") / PLOT)
+    print(f"suggested learning rate: {suggestion:.3g} (where the loss falls fastest, {len(finder.results['lr'])} "
+          f"rates from {options.min_lr:g} to {options.max_lr:g})")
+    print(f"use it: add --model.lr {suggestion:.3g} to the fit command, or set model.lr in the config")
+    print(f"wrote the loss-vs-lr plot to {path}")
