@@ -47,7 +47,9 @@ def plan_steps(trainer: Trainer, schedule: Schedule, warmup_epochs: float) -> tu
     return int(total), warmup
 
 
-def build_scheduler(optimizer: Optimizer, schedule: Schedule, total_steps: int, warmup_steps: int) -> LRScheduler | None:
+def build_scheduler(
+    optimizer: Optimizer, schedule: Schedule, total_steps: int, warmup_steps: int
+) -> LRScheduler | None:
     """The scheduler for ``total_steps`` optimizer steps, the first ``warmup_steps`` of them warming up.
 
     OneCycleLR does not cycle momentum here: RMSprop, the book's optimizer, would be given a momentum

@@ -21,7 +21,10 @@ from lightning_transfer.interpret import image_batch
 from lightning_transfer.model import TransferClassifier
 from lightning_transfer.utils.errors import UserError
 
-BACKBONES = {"vgg16": ("flatten", "bilinear", [0.485, 0.456, 0.406]), "efficientnet_lite0": ("avg", "bicubic", [0.5] * 3)}
+BACKBONES = {  # pool, interpolation, mean
+    "vgg16": ("flatten", "bilinear", [0.485, 0.456, 0.406]),
+    "efficientnet_lite0": ("avg", "bicubic", [0.5] * 3),
+}
 
 
 @pytest.fixture(scope="module", params=sorted(BACKBONES))
@@ -108,7 +111,9 @@ def test_the_documented_example_predicts_without_torch(exported: tuple, tmp_path
 
 
 @pytest.mark.slow
-def test_the_command_exports_checks_and_never_overwrites(tiny_checkpoint: Path, tiny_data: Path, tmp_path: Path) -> None:
+def test_the_command_exports_checks_and_never_overwrites(
+    tiny_checkpoint: Path, tiny_data: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "model.onnx"
     args = ["export", "--ckpt_path", str(tiny_checkpoint), "--out", str(out), "--images", str(tiny_data / "test")]
     result = run_cli(*args, cwd=tmp_path)
@@ -117,7 +122,8 @@ def test_the_command_exports_checks_and_never_overwrites(tiny_checkpoint: Path, 
     assert found and float(found[1]) <= 1e-4, result.stdout
     assert out.is_file() and f"wrote {out}" in result.stdout
     again = run_cli(*args, cwd=tmp_path)
-    assert again.returncode == 1 and again.stderr.strip() == f"error: {out} already exists; pass --overwrite or another --out file"
+    assert again.returncode == 1
+    assert again.stderr.strip() == f"error: {out} already exists; pass --overwrite or another --out file"
 
 
 def test_missing_onnx_runtime_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -183,7 +183,7 @@ def test_two_process_ddp_test_counts_every_image_once_like_one_process(tiny_chec
     shutil.copytree(tiny_data, data)
     next((data / "test" / "dog").glob("*.jpg")).unlink()
 
-    def test(devices: str, strategy: str) -> tuple[dict, dict[str, str]]:
+    def test(devices: str, strategy: str) -> tuple[dict, dict[str, str], str]:
         run = tmp_path / f"run_{devices}"
         result = run_cli(
             "test", "--ckpt_path", str(tiny_checkpoint), "--data.root", str(data), "--data.num_workers", "0",
@@ -195,9 +195,11 @@ def test_two_process_ddp_test_counts_every_image_once_like_one_process(tiny_chec
         assert "replicates some samples" not in result.stderr  # Lightning's warning about its padded shares
         folder = run / "lightning_logs" / "version_0"
         metrics = next(row for row in csv.DictReader((folder / "metrics.csv").open()) if row.get("test_acc"))
-        return json.loads((folder / "test_report.json").read_text()), metrics
+        top_losses = (folder / "test_top_losses.csv").read_text()  # 16 by default: all 7 images
+        return json.loads((folder / "test_report.json").read_text()), metrics, top_losses
 
-    (one, one_metrics), (two, two_metrics) = test("1", "auto"), test("2", "ddp")
+    (one, one_metrics, one_top), (two, two_metrics, two_top) = test("1", "auto"), test("2", "ddp")
+    assert two_top == one_top and len(set(row.split(",")[1] for row in two_top.splitlines()[1:])) == 7
     assert one["images"] == two["images"] == 7
     assert sum(map(sum, two["confusion_matrix"])) == 7
     assert two["confusion_matrix"] == one["confusion_matrix"]

@@ -60,7 +60,8 @@ def test_a_group_added_in_mid_run_follows_the_schedule_scaled_to_its_lr(schedule
 def test_cosine_without_warmup_is_the_textbook_curve() -> None:
     optimizer = optimizer_with_groups(1)
     lrs = run_steps(optimizer, build_scheduler(optimizer, "cosine", STEPS, 0), range(STEPS))
-    assert [row[0] for row in lrs] == pytest.approx([LR * (1 + math.cos(math.pi * t / STEPS)) / 2 for t in range(STEPS)])
+    expected = [LR * (1 + math.cos(math.pi * t / STEPS)) / 2 for t in range(STEPS)]
+    assert [row[0] for row in lrs] == pytest.approx(expected)
 
 
 def test_no_schedule_is_no_scheduler() -> None:
@@ -76,7 +77,9 @@ class LrRecorder(Callback):
     def __init__(self) -> None:
         self.steps: list[tuple[int, dict[str, float]]] = []
 
-    def on_train_batch_start(self, trainer: Trainer, pl_module: TransferClassifier, batch: dict, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: Trainer, pl_module: TransferClassifier, batch: dict, batch_idx: int
+    ) -> None:
         groups = trainer.optimizers[0].param_groups
         self.steps.append((trainer.current_epoch, {group["name"]: group["lr"] for group in groups}))
 

@@ -1,6 +1,6 @@
 """Lightning callbacks: staged fine-tuning, checkpoints for resuming, training curves, the test
-report, the predictions CSV and Grad-CAM while training. Each can be named in a config by its
-short class path, e.g. ``lightning_transfer.callbacks.StagedFinetuning``."""
+report (with its top losses), the predictions CSV and Grad-CAM while training. Each can be named in
+a config by its short class path, e.g. ``lightning_transfer.callbacks.StagedFinetuning``."""
 
 from lightning_transfer.callbacks.checkpointing import ResumeHint, find_last_checkpoint, last_epoch_checkpoint
 from lightning_transfer.callbacks.curves import TrainingCurves

@@ -116,7 +116,8 @@ class StagedFinetuning(BaseFinetuning):
             if new:
                 lr = pl_module.hparams.lr * stage.lr_factor
                 group = {"params": new, "lr": lr, "name": "+".join(names)}
-                add_param_group(optimizer, [config.scheduler for config in pl_module.trainer.lr_scheduler_configs], group)
+                schedulers = [config.scheduler for config in pl_module.trainer.lr_scheduler_configs]
+                add_param_group(optimizer, schedulers, group)
                 scheduled = f", {group['lr']:.3g} at this point of the schedule" if group["lr"] != lr else ""
                 what = f"unfroze {', '.join(names)} (lr {lr:.3g}{scheduled})"
             else:  # resumed: the checkpoint restored this stage's group and its learning rate

@@ -26,6 +26,8 @@ from torchmetrics.functional.classification import (
 )
 
 from lightning_transfer.callbacks.gathering import gather_by_path
+from lightning_transfer.callbacks.top_losses import write_top_losses
+from lightning_transfer.utils.errors import UserError
 from lightning_transfer.utils.plotting import new_figure, save_figure
 from lightning_transfer.utils.run_folder import run_folder
 
@@ -95,17 +97,22 @@ class ImagePredictions:
 
 
 class TestReport(Callback):
-    """Collects test probabilities and labels; writes ``test_report.{json,md}`` and
-    ``test_confusion_matrix.png`` to the run's folder at the end of ``test``.
+    """Collects test probabilities and labels; writes ``test_report.{json,md}``,
+    ``test_confusion_matrix.png`` and the top losses to the run's folder at the end of ``test``.
 
     After ``test``, :attr:`predictions` holds every test image's prediction (on every process).
 
     Args:
         output_dir: where to write; default the run's folder.
+        top_losses: also write ``test_top_losses.{png,csv}``: the N images with the highest loss,
+            with Grad-CAM (``callbacks.top_losses``); 0 turns it off.
     """
 
-    def __init__(self, output_dir: str | None = None) -> None:
+    def __init__(self, output_dir: str | None = None, top_losses: int = 16) -> None:
+        if top_losses < 0:
+            raise UserError(f"--report.top_losses {top_losses}: use a number of images >= 0 (0 turns it off)")
         self.output_dir = output_dir
+        self.top_losses = top_losses
         self.rows: list[tuple[str, int, list[float]]] = []
         """This process's (path, label, probabilities) per test image."""
         self.predictions: ImagePredictions | None = None
@@ -136,3 +143,7 @@ class TestReport(Callback):
         (output_dir / "test_report.md").write_text(table)
         plot_confusion_matrix(report["confusion_matrix"], class_names, output_dir / "test_confusion_matrix.png")
         print(f"\n{table}\nwrote test_report.json, test_report.md, test_confusion_matrix.png to {output_dir}")
+        if self.top_losses:
+            predictions = self.predictions
+            write_top_losses(pl_module, predictions.paths, predictions.labels, predictions.probabilities,
+                             self.top_losses, output_dir)
