@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from lightning.pytorch.tuner import Tuner
 from PIL import Image
@@ -63,3 +64,16 @@ def test_bad_search_ranges_are_refused(tiny_data: Path, tmp_path: Path, monkeypa
     monkeypatch.chdir(tmp_path)
     with pytest.raises(UserError, match="use 0 < min_lr < max_lr"):
         lr_find.main([*tiny_options(tiny_data, tmp_path), "--lr_find.min_lr", "0.1", "--lr_find.max_lr", "0.01"])
+
+
+def test_the_suggestion_is_the_steepest_descent_on_the_log_scale() -> None:
+    """A flat start with a little noise, then a descent around 1e-3: the pick is in the descent. The
+    slope against lr itself (Lightning 2.6's) would pick the noise, where the rates are 1e-7 apart."""
+    lrs = torch.logspace(-8, 0, 100, dtype=torch.float64)
+    wiggle = 1e-4 * torch.tensor([(-1) ** i for i in range(100)], dtype=torch.float64)
+    losses = 0.7 - 0.4 * torch.sigmoid(3 * (lrs.log10() + 3)) + wiggle
+    pick = lr_find.steepest_descent({"lr": lrs.tolist(), "loss": losses.tolist()})
+    assert 1e-4 < lrs[pick] < 1e-2
+    linear = torch.gradient(losses[10:-1], spacing=[lrs[10:-1]])[0].argmin() + 10
+    assert lrs[linear] < 1e-6  # what the linear slope would have suggested
+    assert lr_find.steepest_descent({"lr": lrs[:11].tolist(), "loss": losses[:11].tolist()}) is None

@@ -5,14 +5,15 @@ the loss-vs-lr plot in the run's folder.
 The search trains from the configured starting weights for ``--lr_find.num_training`` steps at
 exponentially growing learning rates, then Lightning restores the weights from a temporary
 checkpoint; nothing else is changed, the config included. The suggestion is where the smoothed loss
-falls fastest (Lightning's ``suggestion``).
+falls fastest against log10(lr) (:func:`steepest_descent`).
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
+from typing import Any
 
+import torch
 from lightning.pytorch.cli import LightningArgumentParser
 from lightning.pytorch.tuner import Tuner
 
@@ -21,6 +22,7 @@ from lightning_transfer.data import ImageFolderDataModule
 from lightning_transfer.model import TransferClassifier
 from lightning_transfer.utils.errors import UserError
 from lightning_transfer.utils.plotting import new_figure, save_figure
+from lightning_transfer.utils.run_folder import run_folder
 
 PLOT = "lr_find.png"
 TEMPORARY_CHECKPOINTS = ".lr_find_*.ckpt"
@@ -49,13 +51,30 @@ class LrFindCLI(TransferCLI):
         trainer.check_val_every_n_epoch = trainer.max_epochs + 1
 
 
-def plot_search(finder: object, suggestion: float, path: Path) -> Path:
-    """Loss against learning rate (log scale), the suggestion marked: Lightning's plot on our own axes,
-    so no pyplot figure is created."""
+def steepest_descent(results: dict[str, list[float]], skip_begin: int = 10, skip_end: int = 1) -> int | None:
+    """Index of the suggested rate: Lightning's rule (where the smoothed loss falls fastest, the first 10
+    and the last point skipped), but with the slope taken against log10(lr), the scale the rates are
+    spaced on. Lightning 2.6 takes it against lr itself, where the smallest rates are packed so densely
+    that noise on the flat start wins (Lightning issue #21141)."""
+    lrs = torch.tensor(results["lr"], dtype=torch.float64)
+    losses = torch.tensor(results["loss"], dtype=torch.float64)
+    kept = torch.arange(len(lrs))[skip_begin : len(lrs) - skip_end]
+    kept = kept[torch.isfinite(losses[kept])]
+    if len(kept) < 2:
+        return None
+    slopes = torch.gradient(losses[kept], spacing=[lrs[kept].log10()])[0]
+    return int(kept[slopes.argmin()])
+
+
+def plot_search(finder: Any, pick: int, path: Path) -> Path:
+    """Loss against learning rate (log scale) with the suggestion marked: the plot of ``Tuner.lr_find``'s
+    result, drawn on our own axes, so no pyplot figure is created."""
     figure = new_figure(6, 4)
     axis = figure.subplots()
-    finder.plot(suggest=True, ax=axis)
-    axis.set_title(f"Learning-rate range test: suggested lr {suggestion:.2g}")
+    finder.plot(suggest=False, ax=axis)
+    lr, loss = finder.results["lr"][pick], finder.results["loss"][pick]
+    axis.plot(lr, loss, marker="o", markersize=10, color="red")
+    axis.set_title(f"Learning-rate range test: suggested lr {lr:.2g}")
     return save_figure(figure, path)
 
 
@@ -80,14 +99,16 @@ def main(argv: list[str]) -> None:
         if trainer.is_global_zero:
             for leftover in set(root.glob(TEMPORARY_CHECKPOINTS)) - before:
                 leftover.unlink(missing_ok=True)
+    folder = run_folder(trainer)  # collective: every process asks
     if not trainer.is_global_zero:
         return
-    suggestion = finder.suggestion() if finder is not None else None
-    if suggestion is None or not math.isfinite(suggestion):
+    pick = steepest_descent(finder.results) if finder is not None else None
+    if pick is None:
         steps = len(finder.results.get("lr", [])) if finder is not None else 0
         raise UserError(f"the search ran {steps} steps, too few for a suggestion (the first 10 and the last are "
                         "skipped); raise --lr_find.num_training or give it more training images")
-    path = plot_search(finder, suggestion, Path(trainer.log_dir or ".") / PLOT)
+    suggestion = finder.results["lr"][pick]
+    path = plot_search(finder, pick, folder / PLOT)
     print(f"suggested learning rate: {suggestion:.3g} (where the loss falls fastest, {len(finder.results['lr'])} "
           f"rates from {options.min_lr:g} to {options.max_lr:g})")
     print(f"use it: add --model.lr {suggestion:.3g} to the fit command, or set model.lr in the config")
