@@ -120,8 +120,21 @@ def fit(data: Path, workdir: Path, schedule: str, epochs: int = 3, ckpt_path: Pa
     return recorder
 
 
-def test_cosine_lowers_the_lr_across_epochs_and_the_stage_follows_it(tiny_data: Path, tmp_path: Path) -> None:
-    steps = fit(tiny_data, tmp_path, "cosine").steps
+WARMUP = {"cosine": 0.0, "onecycle": 1.0}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, list]]:
+    """Per schedule: the folder of a 3-epoch run (its last.ckpt) and its learning rates at every step."""
+    runs = {}
+    for schedule, warmup in WARMUP.items():
+        workdir = tmp_path_factory.mktemp(schedule)
+        runs[schedule] = workdir, fit(tiny_data, workdir, schedule, warmup_epochs=warmup).steps
+    return runs
+
+
+def test_cosine_lowers_the_lr_across_epochs_and_the_stage_follows_it(uninterrupted: dict) -> None:
+    steps = uninterrupted["cosine"][1]
     heads = [lrs["head"] for _, lrs in steps]
     assert len(steps) == 6 and all(later < earlier for earlier, later in zip(heads, heads[1:]))
     assert heads == pytest.approx([LR * (1 + math.cos(math.pi * t / 6)) / 2 for t in range(6)])
@@ -130,27 +143,32 @@ def test_cosine_lowers_the_lr_across_epochs_and_the_stage_follows_it(tiny_data: 
     assert [lrs["top"] for _, lrs in staged] == pytest.approx([lrs["head"] * 0.1 for _, lrs in staged])
 
 
-def test_onecycle_warms_up_then_anneals(tiny_data: Path, tmp_path: Path) -> None:
-    heads = [lrs["head"] for _, lrs in fit(tiny_data, tmp_path, "onecycle", warmup_epochs=1).steps]
+def test_onecycle_warms_up_then_anneals_and_the_stage_follows_it(uninterrupted: dict) -> None:
+    steps = uninterrupted["onecycle"][1]
+    heads = [lrs["head"] for _, lrs in steps]
     assert heads[0] < heads[1] == pytest.approx(LR)  # the peak at the warm-up epoch's last step (of 2)
     assert all(later < earlier for earlier, later in zip(heads[1:], heads[2:]))
+    staged = [lrs for epoch, lrs in steps if "top" in lrs]
+    assert len(staged) == 4 and [lrs["top"] for lrs in staged] == pytest.approx([lrs["head"] * 0.1 for lrs in staged])
 
 
-@pytest.mark.parametrize("schedule", ["cosine", "onecycle"])
-def test_resume_restores_the_schedule_and_the_stage_group(tiny_data: Path, tmp_path: Path, schedule: str) -> None:
+@pytest.mark.parametrize("schedule", sorted(WARMUP))
+def test_resume_restores_the_schedule_and_the_stage_group(
+    uninterrupted: dict, tiny_data: Path, tmp_path: Path, schedule: str
+) -> None:
     """Stopped at the start of epoch 2 and resumed from last.ckpt (end of epoch 1, after the stage
-    was added), the last epoch's rates are those of an uninterrupted run."""
-    uninterrupted = fit(tiny_data, tmp_path / "uninterrupted", schedule).steps
-    fit(tiny_data, tmp_path / "resumed", schedule, stop_at=2)
-    resumed = fit(tiny_data, tmp_path / "resumed", schedule, ckpt_path=tmp_path / "resumed" / "last.ckpt").steps
-    assert [epoch for epoch, _ in resumed] == [2, 2]
-    assert resumed == [(epoch, pytest.approx(lrs)) for epoch, lrs in uninterrupted if epoch == 2]
+    was added), the last epoch's rates are those of the uninterrupted run."""
+    fit(tiny_data, tmp_path, schedule, stop_at=2, warmup_epochs=WARMUP[schedule])
+    resumed = fit(tiny_data, tmp_path, schedule, ckpt_path=tmp_path / "last.ckpt", warmup_epochs=WARMUP[schedule])
+    assert [epoch for epoch, _ in resumed.steps] == [2, 2]
+    expected = [(epoch, pytest.approx(lrs)) for epoch, lrs in uninterrupted[schedule][1] if epoch == 2]
+    assert resumed.steps == expected
 
 
-def test_resuming_with_another_run_length_is_refused(tiny_data: Path, tmp_path: Path) -> None:
-    fit(tiny_data, tmp_path, "cosine", epochs=2)
-    with pytest.raises(UserError, match="cosine schedule spans 4 steps, this one 8"):
-        fit(tiny_data, tmp_path, "cosine", epochs=4, ckpt_path=tmp_path / "last.ckpt")
+def test_resuming_with_another_run_length_is_refused(uninterrupted: dict, tiny_data: Path) -> None:
+    workdir = uninterrupted["cosine"][0]
+    with pytest.raises(UserError, match="cosine schedule spans 6 steps, this one 10"):
+        fit(tiny_data, workdir, "cosine", epochs=5, ckpt_path=workdir / "last.ckpt")
 
 
 def test_bad_schedule_settings_are_refused(tiny_data: Path, tmp_path: Path) -> None:
