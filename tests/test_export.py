@@ -111,9 +111,7 @@ def test_the_documented_example_predicts_without_torch(exported: tuple, tmp_path
 
 
 @pytest.mark.slow
-def test_the_command_exports_checks_and_never_overwrites(
-    tiny_checkpoint: Path, tiny_data: Path, tmp_path: Path
-) -> None:
+def test_the_command_exports_and_checks(tiny_checkpoint: Path, tiny_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "model.onnx"
     args = ["export", "--ckpt_path", str(tiny_checkpoint), "--out", str(out), "--images", str(tiny_data / "test")]
     result = run_cli(*args, cwd=tmp_path)
@@ -121,12 +119,29 @@ def test_the_command_exports_checks_and_never_overwrites(
     found = re.search(r"on 8 images from .*: largest probability difference (\S+) \(limit 0.0001\): ok", result.stdout)
     assert found and float(found[1]) <= 1e-4, result.stdout
     assert out.is_file() and f"wrote {out}" in result.stdout
-    again = run_cli(*args, cwd=tmp_path)
-    assert again.returncode == 1
-    assert again.stderr.strip() == f"error: {out} already exists; pass --overwrite or another --out file"
+
+
+def test_an_existing_file_is_never_replaced_without_overwrite(tmp_path: Path) -> None:
+    out = tmp_path / "model.onnx"
+    out.write_bytes(b"someone's model")
+    with pytest.raises(UserError, match="model.onnx already exists; pass --overwrite or another --out file"):
+        export.main(["--ckpt_path", str(tmp_path / "model.ckpt"), "--out", str(out)])
+    assert out.read_bytes() == b"someone's model"
 
 
 def test_missing_onnx_runtime_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(UserError, match=re.escape("pip install 'lightning-transfer[export]'")):
         export.main(["--ckpt_path", str(tmp_path / "model.ckpt")])
+
+
+def test_a_file_that_fails_the_check_is_not_kept(
+    tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The export is written under a temporary name and only renamed once it passed."""
+    monkeypatch.setattr(export, "export_onnx", lambda model, path: path.write_bytes(b"graph"))
+    monkeypatch.setattr(export, "largest_difference", lambda model, path, images: 0.5)
+    out = tmp_path / "out" / "model.onnx"
+    with pytest.raises(UserError, match="differ from PyTorch's by 5.00e-01"):
+        export.main(["--ckpt_path", str(tiny_checkpoint), "--out", str(out)])
+    assert list(out.parent.iterdir()) == []
