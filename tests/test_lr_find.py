@@ -64,6 +64,8 @@ def test_bad_search_ranges_are_refused(tiny_data: Path, tmp_path: Path, monkeypa
     monkeypatch.chdir(tmp_path)
     with pytest.raises(UserError, match="use 0 < min_lr < max_lr"):
         lr_find.main([*tiny_options(tiny_data, tmp_path), "--lr_find.min_lr", "0.1", "--lr_find.max_lr", "0.01"])
+    with pytest.raises(UserError, match="use at least 13 steps"):
+        lr_find.main([*tiny_options(tiny_data, tmp_path), "--lr_find.num_training", "12"])
 
 
 def test_the_suggestion_is_the_steepest_descent_on_the_log_scale() -> None:

@@ -27,6 +27,9 @@ from lightning_transfer.utils.run_folder import run_folder
 PLOT = "lr_find.png"
 TEMPORARY_CHECKPOINTS = ".lr_find_*.ckpt"
 """Lightning's snapshot of the starting weights, in ``trainer.default_root_dir``."""
+SKIP_BEGIN, SKIP_END = 10, 1
+"""Rates left out of the suggestion at either end, as Lightning's ``suggestion`` does."""
+MIN_STEPS = SKIP_BEGIN + SKIP_END + 2
 
 
 class LrFindCLI(TransferCLI):
@@ -42,23 +45,26 @@ class LrFindCLI(TransferCLI):
         """Enough epochs for every step of the search, and no validation: only the training loss counts."""
         super().before_instantiate_classes()
         options, trainer = self.config.lr_find, self.config.trainer
+        if trainer.fast_dev_run:  # Lightning skips the search then
+            raise UserError("lr_find does not run with --trainer.fast_dev_run; drop that option")
         if not 0 < options.min_lr < options.max_lr:
             raise UserError(f"--lr_find.min_lr {options.min_lr} and --lr_find.max_lr {options.max_lr}: "
                             "use 0 < min_lr < max_lr")
-        if options.num_training < 2:
-            raise UserError(f"--lr_find.num_training {options.num_training}: use at least 2 steps")
+        if options.num_training < MIN_STEPS:
+            raise UserError(f"--lr_find.num_training {options.num_training}: use at least {MIN_STEPS} steps (the "
+                            f"first {SKIP_BEGIN} and the last {SKIP_END} do not count for the suggestion)")
         trainer.max_epochs = max(trainer.max_epochs or 1, options.num_training)  # an epoch is at least a step
         trainer.check_val_every_n_epoch = trainer.max_epochs + 1
 
 
-def steepest_descent(results: dict[str, list[float]], skip_begin: int = 10, skip_end: int = 1) -> int | None:
+def steepest_descent(results: dict[str, list[float]]) -> int | None:
     """Index of the suggested rate: Lightning's rule (where the smoothed loss falls fastest, the first 10
     and the last point skipped), but with the slope taken against log10(lr), the scale the rates are
     spaced on. Lightning 2.6 takes it against lr itself, where the smallest rates are packed so densely
     that noise on the flat start wins (Lightning issue #21141)."""
     lrs = torch.tensor(results["lr"], dtype=torch.float64)
     losses = torch.tensor(results["loss"], dtype=torch.float64)
-    kept = torch.arange(len(lrs))[skip_begin : len(lrs) - skip_end]
+    kept = torch.arange(len(lrs))[SKIP_BEGIN : len(lrs) - SKIP_END]
     kept = kept[torch.isfinite(losses[kept])]
     if len(kept) < 2:
         return None
@@ -102,11 +108,10 @@ def main(argv: list[str]) -> None:
     folder = run_folder(trainer)  # collective: every process asks
     if not trainer.is_global_zero:
         return
-    pick = steepest_descent(finder.results) if finder is not None else None
+    pick = steepest_descent(finder.results)
     if pick is None:
-        steps = len(finder.results.get("lr", [])) if finder is not None else 0
-        raise UserError(f"the search ran {steps} steps, too few for a suggestion (the first 10 and the last are "
-                        "skipped); raise --lr_find.num_training or give it more training images")
+        raise UserError(f"the search ran {len(finder.results['lr'])} steps before the loss ran away, too few for a "
+                        "suggestion; lower --lr_find.max_lr or raise --lr_find.num_training")
     suggestion = finder.results["lr"][pick]
     path = plot_search(finder, pick, folder / PLOT)
     print(f"suggested learning rate: {suggestion:.3g} (where the loss falls fastest, {len(finder.results['lr'])} "
