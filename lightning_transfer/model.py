@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from lightning import LightningModule
 from torch import nn
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_transfer.backbones import Backbone, Preprocessing, create_backbone
@@ -111,6 +112,9 @@ class TransferClassifier(LightningModule):
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        # epoch losses as torchmetrics means, summed over processes exactly: Lightning's own mean under
+        # sync_dist divides the image count in integers, wrong when processes' shares differ by one
+        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
 
     def init_from_checkpoint(self, path: str) -> None:
         """Copy backbone + head weights from a checkpoint of the same backbone, classes and head."""
@@ -181,24 +185,23 @@ class TransferClassifier(LightningModule):
             return self.head.classifier(batch["pooled_features"])
         return self(batch["image"])
 
-    def _step(self, batch: dict, stage: str, accuracy: MulticlassAccuracy) -> tuple[torch.Tensor, torch.Tensor]:
-        """Loss and accuracy logged per epoch; returns (loss, logits)."""
+    def _step(self, batch: dict, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss and accuracy logged per epoch, over every process's share; returns (loss, logits)."""
         logits = self.logits(batch)
         loss = self.loss(logits, batch["label"])
+        mean_loss, accuracy = getattr(self, f"{stage}_loss"), getattr(self, f"{stage}_acc")
         # update, not forward: only epoch values are logged, and forward also computes each batch's own
+        mean_loss.update(loss.detach(), weight=len(batch["label"]))
         accuracy.update(logits, batch["label"])
-        batch_size = len(batch["label"])
-        # sync_dist: under DDP the epoch loss averages all processes' shares, not only rank 0's
-        self.log(f"{stage}_loss", loss, prog_bar=True, on_epoch=True, on_step=False, batch_size=batch_size,
-                 sync_dist=True)
-        self.log(f"{stage}_acc", accuracy, prog_bar=True, on_epoch=True, on_step=False, batch_size=batch_size)
+        self.log(f"{stage}_loss", mean_loss, prog_bar=True, on_epoch=True, on_step=False)
+        self.log(f"{stage}_acc", accuracy, prog_bar=True, on_epoch=True, on_step=False)
         return loss, logits
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train", self.train_acc)[0]
+        return self._step(batch, "train")[0]
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._step(batch, "val", self.val_acc)
+        self._step(batch, "val")
 
     @staticmethod
     def probabilities(logits: torch.Tensor) -> torch.Tensor:
@@ -208,7 +211,7 @@ class TransferClassifier(LightningModule):
 
     def test_step(self, batch: dict, batch_idx: int) -> dict:
         """Returns probabilities and labels so callbacks (the test report) see every prediction."""
-        _, logits = self._step(batch, "test", self.test_acc)
+        _, logits = self._step(batch, "test")
         return {"probabilities": self.probabilities(logits), "label": batch["label"]}
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:

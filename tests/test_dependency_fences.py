@@ -30,3 +30,16 @@ def test_torch_still_has_the_private_cpu_bf16_check() -> None:
     check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
     assert check is not None, "torch.ops.mkldnn._is_mkldnn_bf16_supported is gone"
     assert bf16_supported(torch.device("cpu")) == bool(check())
+
+
+def test_lightning_still_has_the_unrepeated_sampler_of_its_predict() -> None:
+    """``data.sharding.evaluation_sampler`` shares validation and test images out with Lightning's
+    ``UnrepeatedDistributedSampler`` (what its predict uses; undocumented). It must stay a
+    ``DistributedSampler``, or Lightning puts its padding one back in. If this fails, copy the class
+    (a dozen lines) into data/sharding.py."""
+    from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+    from torch.utils.data import DistributedSampler
+
+    assert issubclass(UnrepeatedDistributedSampler, DistributedSampler)
+    shares = [list(UnrepeatedDistributedSampler(range(5), num_replicas=2, rank=rank, shuffle=False)) for rank in (0, 1)]
+    assert shares == [[0, 2, 4], [1, 3]]

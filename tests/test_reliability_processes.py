@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 import signal
@@ -15,6 +16,9 @@ import pytest
 
 from conftest import REPO, TINY_SIZE, make_tiny_dataset, run_cli
 from lightning_transfer import read_checkpoint
+from lightning_transfer.callbacks.gathering import gather_by_path
+from lightning_transfer.data.sharding import check_shares, evaluation_sampler
+from lightning_transfer.utils.errors import UserError
 
 BATCH_SIZE = 4
 FIT = (
@@ -140,3 +144,65 @@ def test_ddp_predict_with_fewer_images_than_processes_is_one_line(tiny_checkpoin
     assert result.stderr.strip().splitlines()[-1] == (
         "error: 1 image(s) to predict on 2 processes; use --trainer.devices 1 or fewer, or predict more images"
     )
+
+
+class FakeTrainer:
+    """What the sharing helpers read from a Trainer: the processes and this one's rank."""
+
+    def __init__(self, processes: int, rank: int = 0) -> None:
+        self.world_size = processes
+        self.distributed_sampler_kwargs = {"num_replicas": processes, "rank": rank} if processes > 1 else None
+
+
+def test_evaluation_shares_hold_every_image_once_and_refuse_empty_ones() -> None:
+    images = list(range(7))
+    shares = [list(evaluation_sampler(images, FakeTrainer(2, rank))) for rank in (0, 1)]
+    assert shares == [[0, 2, 4, 6], [1, 3, 5]]  # Lightning's own DistributedSampler tests image 0 twice
+    assert evaluation_sampler(images, FakeTrainer(1)) is None  # one process: the loader reads them in order
+    check_shares(2, FakeTrainer(2), "test")
+    with pytest.raises(UserError, match=r"^1 image\(s\) to test on 2 processes; use --trainer.devices 1 or fewer"):
+        check_shares(1, FakeTrainer(2), "test")
+
+
+def test_gathered_rows_keep_each_image_once_in_path_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shares as torch's DistributedSampler pads them: 3 images on 2 processes, ``a`` in both."""
+    shares = [[("b", 1), ("a", 0)], [("c", 2), ("a", 0)]]
+
+    def all_gather_object(output: list, rows: list) -> None:
+        output[:] = shares
+
+    monkeypatch.setattr("torch.distributed.all_gather_object", all_gather_object)
+    assert gather_by_path(FakeTrainer(2), shares[0]) == [("a", 0), ("b", 1), ("c", 2)]
+    assert gather_by_path(FakeTrainer(1), [("b", 1), ("a", 0)]) == [("a", 0), ("b", 1)]
+
+
+@pytest.mark.slow
+def test_two_process_ddp_test_counts_every_image_once_like_one_process(tiny_checkpoint, tiny_data, tmp_path):
+    """7 test images (odd) on 2 processes: the report and the logged metrics equal one process's."""
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    next((data / "test" / "dog").glob("*.jpg")).unlink()
+
+    def test(devices: str, strategy: str) -> tuple[dict, dict[str, str]]:
+        run = tmp_path / f"run_{devices}"
+        result = run_cli(
+            "test", "--ckpt_path", str(tiny_checkpoint), "--data.root", str(data), "--data.num_workers", "0",
+            "--data.batch_size", "2", "--trainer.accelerator", "cpu", "--trainer.devices", devices,
+            "--trainer.strategy", strategy, "--trainer.enable_progress_bar", "false",
+            "--trainer.default_root_dir", str(run), cwd=tmp_path,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "replicates some samples" not in result.stderr  # Lightning's warning about its padded shares
+        folder = run / "lightning_logs" / "version_0"
+        metrics = next(row for row in csv.DictReader((folder / "metrics.csv").open()) if row.get("test_acc"))
+        return json.loads((folder / "test_report.json").read_text()), metrics
+
+    (one, one_metrics), (two, two_metrics) = test("1", "auto"), test("2", "ddp")
+    assert one["images"] == two["images"] == 7
+    assert sum(map(sum, two["confusion_matrix"])) == 7
+    assert two["confusion_matrix"] == one["confusion_matrix"]
+    assert two["accuracy"] == one["accuracy"]
+    assert two["roc_auc"] == pytest.approx(one["roc_auc"], abs=1e-6)
+    assert float(two_metrics["test_acc"]) == pytest.approx(float(one_metrics["test_acc"]), abs=1e-6)
+    assert float(two_metrics["test_acc"]) == pytest.approx(one["accuracy"], abs=1e-6)
+    assert float(two_metrics["test_loss"]) == pytest.approx(float(one_metrics["test_loss"]), rel=1e-5)

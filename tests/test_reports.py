@@ -154,3 +154,26 @@ def test_test_report_matches_the_predictions(tiny_checkpoint: Path, tiny_data: P
         for metric, value in metrics.items():
             assert result["classes"][name][metric] == pytest.approx(value), (name, metric)
     assert sum(map(sum, result["confusion_matrix"])) == 8
+
+
+@pytest.mark.slow
+def test_runs_without_a_log_folder_write_into_default_root_dir_not_the_current_one(
+    tiny_checkpoint: Path, tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``fast_dev_run`` swaps the loggers for a dummy one without a folder, and ``--trainer.logger
+    false`` has none: every output goes to ``default_root_dir`` all the same."""
+    from lightning_transfer.commands.cli import main
+
+    here, root = tmp_path / "cwd", tmp_path / "root"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    common = ["--data.root", str(tiny_data), "--data.num_workers", "0", "--trainer.enable_progress_bar", "false",
+              "--trainer.enable_model_summary", "false", "--trainer.default_root_dir"]
+    main(["fit", "--config", CONFIG, *common, str(root / "fit"), "--data.image_size", str(TINY_SIZE),
+          "--model.weights", "none", "--trainer.fast_dev_run", "1",
+          "--trainer.callbacks+=lightning_transfer.callbacks.GradCamLogger"])
+    main(["test", "--ckpt_path", str(tiny_checkpoint), *common, str(root / "test"), "--trainer.logger", "false"])
+    assert list(here.iterdir()) == []
+    assert (root / "fit" / "training_curves.png").is_file()
+    assert (root / "fit" / "gradcam" / "epoch00.png").is_file()  # no TensorBoard: Grad-CAM grids as PNGs
+    assert {path.name for path in (root / "test").iterdir()} >= {"test_report.json", "test_confusion_matrix.png"}

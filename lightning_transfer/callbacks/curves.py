@@ -18,6 +18,7 @@ from matplotlib.ticker import MaxNLocator
 
 from lightning_transfer.utils.errors import UserError
 from lightning_transfer.utils.plotting import new_figure, save_figure
+from lightning_transfer.utils.run_folder import run_folder
 
 PANELS = (("acc", "accuracy"), ("loss", "loss"))
 METRICS = tuple(f"{stage}_{name}" for name, _ in PANELS for stage in ("train", "val"))
@@ -86,8 +87,8 @@ class TrainingCurves(Callback):
         self._drawn_at = 0.0
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        # on every process: trainer.log_dir is a collective call, so it is not made in on_exception
-        self._path = Path(trainer.log_dir or ".") / self.filename
+        # on every process: run_folder is a collective call, so it is not made in on_exception
+        self._path = run_folder(trainer) / self.filename
         self._drawn_at = time.monotonic()
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

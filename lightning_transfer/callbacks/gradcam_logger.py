@@ -24,6 +24,7 @@ from torchvision.utils import make_grid
 
 from lightning_transfer.data import load_rgb
 from lightning_transfer.interpret import gradcam, image_batch, overlay
+from lightning_transfer.utils.run_folder import run_folder
 
 
 class GradCamLogger(Callback):
@@ -53,8 +54,10 @@ class GradCamLogger(Callback):
         return [item["path"] for item in items]
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        skip = trainer.sanity_checking or trainer.current_epoch % self.every_n_epochs
-        if skip or not trainer.is_global_zero:
+        if trainer.sanity_checking or trainer.current_epoch % self.every_n_epochs:
+            return
+        folder = run_folder(trainer) / "gradcam"  # on every process: run_folder is a collective call
+        if not trainer.is_global_zero:
             return
         if self.paths is None:
             self.paths = self._validation_paths(trainer)
@@ -68,13 +71,13 @@ class GradCamLogger(Callback):
             pil_to_tensor(overlay(image.resize((size, size)), heatmap)) for image, heatmap in zip(images, heatmaps)
         ]
         grid = make_grid(tiles, nrow=min(len(tiles), 4), padding=2, pad_value=255)
-        self._log(trainer, grid)
+        self._log(trainer, grid, folder)
 
-    def _log(self, trainer: Trainer, grid: torch.Tensor) -> None:
+    def _log(self, trainer: Trainer, grid: torch.Tensor, folder: Path) -> None:
+        """To TensorBoard when it is a logger, else as a PNG in ``folder``."""
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_image("gradcam", grid, global_step=trainer.global_step)
                 return
-        folder = Path(trainer.log_dir or ".") / "gradcam"
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(grid.permute(1, 2, 0).numpy()).save(folder / f"epoch{trainer.current_epoch:02d}.png")

@@ -6,9 +6,11 @@ import csv
 from pathlib import Path
 from typing import Any
 
-import torch
 from lightning import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
+
+from lightning_transfer.callbacks.gathering import gather_by_path
+from lightning_transfer.utils.run_folder import run_folder
 
 
 class PredictionCSVWriter(BasePredictionWriter):
@@ -28,16 +30,12 @@ class PredictionCSVWriter(BasePredictionWriter):
     def write_on_epoch_end(
         self, trainer: Trainer, pl_module: LightningModule, predictions: Any, batch_indices: Any
     ) -> None:
-        output = Path(self.output or Path(trainer.log_dir or ".") / "predictions.csv")  # collective: every rank
-        rows = [
+        output = Path(self.output) if self.output else run_folder(trainer) / "predictions.csv"  # collective
+        rows = gather_by_path(trainer, [
             (path, probabilities.tolist())
             for batch in predictions
             for path, probabilities in zip(batch["path"], batch["probabilities"].cpu())
-        ]
-        if trainer.world_size > 1:
-            shares: list[list[tuple[str, list[float]]] | None] = [None] * trainer.world_size
-            torch.distributed.all_gather_object(shares, rows)
-            rows = [row for share in shares for row in share]
+        ])
         if not trainer.is_global_zero:
             return
         class_names = pl_module.class_names
@@ -45,7 +43,7 @@ class PredictionCSVWriter(BasePredictionWriter):
         with output.open("w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["path", "label", *(f"p_{name}" for name in class_names)])
-            for path, probs in sorted(rows, key=lambda row: Path(row[0])):  # the order predict lists them in
+            for path, probs in rows:
                 label = class_names[max(range(len(probs)), key=probs.__getitem__)]
                 writer.writerow([path, label, *(f"{p:.6f}" for p in probs)])
         print(f"wrote {len(rows)} predictions to {output}")

@@ -1,14 +1,16 @@
 """Test report: per-class precision/recall/F1, accuracy, ROC-AUC (binary) and a confusion matrix.
 
 The metrics are computed once, with torchmetrics, from every test prediction the model returns in
-``test_step``; the report lands in the run's log directory as JSON (for tools), markdown (for
-people; also printed) and a confusion-matrix PNG.
+``test_step``, each image counted once also when several processes share the test set; the report
+lands in the run's folder as JSON (for tools), markdown (for people; also printed) and a
+confusion-matrix PNG.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,7 +25,9 @@ from torchmetrics.functional.classification import (
     multiclass_recall,
 )
 
+from lightning_transfer.callbacks.gathering import gather_by_path
 from lightning_transfer.utils.plotting import new_figure, save_figure
+from lightning_transfer.utils.run_folder import run_folder
 
 
 def classification_report(probabilities: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str]) -> dict:
@@ -79,41 +83,53 @@ def plot_confusion_matrix(confusion: Sequence[Sequence[int]], class_names: Seque
     return save_figure(figure, path)
 
 
+@dataclass(frozen=True)
+class ImagePredictions:
+    """Every test image once, in path order: what the report is computed from."""
+
+    paths: list[str]
+    labels: torch.Tensor
+    """(N,) true class indices."""
+    probabilities: torch.Tensor
+    """(N, C) float32 class probabilities."""
+
+
 class TestReport(Callback):
     """Collects test probabilities and labels; writes ``test_report.{json,md}`` and
-    ``test_confusion_matrix.png`` to the run's log directory at the end of ``test``.
+    ``test_confusion_matrix.png`` to the run's folder at the end of ``test``.
+
+    After ``test``, :attr:`predictions` holds every test image's prediction (on every process).
 
     Args:
-        output_dir: where to write; default the run's log directory.
+        output_dir: where to write; default the run's folder.
     """
 
     def __init__(self, output_dir: str | None = None) -> None:
         self.output_dir = output_dir
-        self.probabilities: list[torch.Tensor] = []
-        self.labels: list[torch.Tensor] = []
+        self.rows: list[tuple[str, int, list[float]]] = []
+        """This process's (path, label, probabilities) per test image."""
+        self.predictions: ImagePredictions | None = None
 
     def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.probabilities, self.labels = [], []
+        self.rows, self.predictions = [], None
 
     def on_test_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: dict, batch: dict, batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        self.probabilities.append(outputs["probabilities"])
-        self.labels.append(outputs["label"])
+        self.rows.extend(zip(batch["path"], outputs["label"].tolist(), outputs["probabilities"].cpu().tolist()))
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not self.labels:
+        rows = gather_by_path(trainer, self.rows)  # collective, like run_folder: every process makes both
+        output_dir = Path(self.output_dir) if self.output_dir else run_folder(trainer)
+        if not rows:
             return
-        probabilities, labels = torch.cat(self.probabilities), torch.cat(self.labels)
-        if trainer.world_size > 1:  # every process saw a shard of the test set
-            probabilities = pl_module.all_gather(probabilities).flatten(0, 1)
-            labels = pl_module.all_gather(labels).flatten(0, 1)
-        output_dir = Path(self.output_dir or trainer.log_dir or ".")  # log_dir: a call for every process
+        paths, labels, probabilities = zip(*rows)
+        self.predictions = ImagePredictions(list(paths), torch.tensor(labels), torch.tensor(probabilities))
         if not trainer.is_global_zero:
             return
         class_names = pl_module.class_names
-        report = classification_report(probabilities.cpu(), labels.cpu(), class_names)
+        report = classification_report(self.predictions.probabilities, self.predictions.labels, class_names)
         output_dir.mkdir(parents=True, exist_ok=True)
         table = markdown_table(report)
         (output_dir / "test_report.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -29,6 +29,7 @@ from lightning_transfer.data.folders import (
     non_image_files,
 )
 from lightning_transfer.data.image_check import OnBadImage, find_bad_images, screen_images
+from lightning_transfer.data.sharding import check_shares, evaluation_sampler
 from lightning_transfer.data.transforms import augmentation
 from lightning_transfer.features import (
     ExtractionDtype,
@@ -41,8 +42,10 @@ from lightning_transfer.features import (
 )
 from lightning_transfer.utils.errors import UserError
 from lightning_transfer.utils.files import default_cache_dir
+from lightning_transfer.utils.run_folder import run_folder
 
 STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
+EVALUATED_AS = {"val": "validate", "test": "test"}
 
 
 def default_num_workers() -> int:
@@ -175,18 +178,18 @@ class ImageFolderDataModule(LightningDataModule):
         return samples
 
     def _screen(self, split: str, where: Path, paths: list[Path], ignored: list[Path]) -> dict[Path, str]:
-        """Unreadable images among ``paths``; the report goes to the run's log folder, from one process.
-
-        ``trainer.log_dir`` is a collective call, so every process makes it; it is None under fast_dev_run.
-        """
+        """Unreadable images among ``paths``; the report goes to the run's folder, from one process
+        (``run_folder`` is a collective call, so every process makes it)."""
         trainer = self.trainer
-        folder = (trainer.log_dir or trainer.default_root_dir) if trainer is not None else "."
-        report = Path(folder).absolute() / f"bad_images_{split}.txt"
+        folder = run_folder(trainer) if trainer is not None else Path()
+        report = folder.absolute() / f"bad_images_{split}.txt"
         write = trainer is None or trainer.is_global_zero
         return screen_images(str(where), paths, ignored, self.on_bad_image, report, write)
 
     def _labelled(self, split: str) -> ImageFiles:
         samples = self.split_samples(split)
+        if split in EVALUATED_AS:  # one unrepeated share per process (evaluation_sampler)
+            check_shares(len(samples), self.trainer, EVALUATED_AS[split])
         paths, labels = zip(*samples)
         decode_once = self.preprocessing.resize(self.image_size) if self.keep_decoded else None
         return ImageFiles(paths, labels, self.transform(train=split == "train"), decode_once)
@@ -211,12 +214,7 @@ class ImageFolderDataModule(LightningDataModule):
             paths = [path for path in paths if path not in bad]
             if not paths:
                 raise UserError(f"no readable images under {str(self.predict_path)!r} (see the bad-image report)")
-            processes = self.trainer.world_size if self.trainer is not None else 1
-            if len(paths) < processes:  # each process predicts its own share; an empty share fails in Lightning
-                raise UserError(
-                    f"{len(paths)} image(s) to predict on {processes} processes; "
-                    f"use --trainer.devices {len(paths)} or fewer, or predict more images"
-                )
+            check_shares(len(paths), self.trainer, "predict")  # Lightning's predict shares are unrepeated too
             self.datasets["predict"] = ImageFiles(paths, None, self.transform(train=False))
 
     def _feature_source(self) -> FeatureSource:
@@ -271,6 +269,7 @@ class ImageFolderDataModule(LightningDataModule):
             dataset,
             batch_size=batch_size,
             shuffle=shuffle,
+            sampler=evaluation_sampler(dataset, self.trainer) if split in EVALUATED_AS else None,
             num_workers=num_workers,
             persistent_workers=num_workers > 0,
             pin_memory=torch.cuda.is_available(),

@@ -1,1 +1,1 @@
-"""Small helpers every layer may use: errors for the user, files, figures, run modes."""
+"""Small helpers every layer may use: errors for the user, files, figures, run modes, the run's folder."""
