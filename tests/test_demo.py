@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,10 +29,20 @@ from PIL import Image
 
 from conftest import REPO, TINY_SIZE, run_cli
 from lightning_transfer import load_model
-from lightning_transfer.commands.demo import MAX_CHANNELS, activation_gallery, build_demo, predict, read_upload, serve
+from lightning_transfer.commands.demo import (
+    MAX_CHANNELS,
+    MAX_SIDE,
+    activation_gallery,
+    build_demo,
+    predict,
+    read_upload,
+    serve,
+)
 from lightning_transfer.commands.demo import main as demo_main
 from lightning_transfer.data import ImageFolderDataModule, load_rgb
+from lightning_transfer.interpret import predict_and_gradcam
 from lightning_transfer.model import TransferClassifier
+from lightning_transfer.utils.batching import Batcher
 from lightning_transfer.utils.errors import UserError
 
 EXAMPLES = sorted((REPO / "demo" / "examples").glob("*.jpg"))
@@ -100,6 +111,58 @@ def test_read_upload_bad_and_odd_images(tmp_path: Path) -> None:
         assert image.mode == "RGB" and image.size == Image.open(EXAMPLES[0]).size
 
 
+@pytest.mark.parametrize("suffix, size", [(".jpg", (4096, 2560)), (".png", (2048, 1280))])
+def test_big_uploads_are_shrunk_to_fit_max_side_first(tmp_path: Path, suffix: str, size: tuple[int, int]) -> None:
+    """A 40-megapixel photo took seconds to blend and send at full size (a JPEG decodes at 1/2 here)."""
+    big = tmp_path / f"big{suffix}"
+    Image.open(EXAMPLES[0]).convert("RGB").resize(size).save(big)
+    image = read_upload({"path": str(big), "orig_name": big.name})
+    assert image.size == (MAX_SIDE, MAX_SIDE * 5 // 8)
+    small = Image.open(EXAMPLES[0])
+    assert read_upload({"path": str(EXAMPLES[0]), "orig_name": "x.jpg"}).size == small.size  # small ones stay
+
+
+def test_batcher_runs_waiting_requests_together_and_answers_each_its_own() -> None:
+    batches: list[list[int]] = []
+    started, release = threading.Event(), threading.Event()
+
+    def run(items: list[int]) -> list[int]:
+        batches.append(items)
+        if len(batches) == 1:  # hold the first batch until the others are waiting
+            started.set()
+            release.wait(5)
+        return [item * 10 for item in items]
+
+    batcher = Batcher(run, max_batch_size=3)
+    results: dict[int, int] = {}
+
+    def request(item: int) -> None:
+        results[item] = batcher(item)
+
+    first = threading.Thread(target=request, args=(0,))
+    first.start()
+    started.wait(5)
+    others = [threading.Thread(target=request, args=(item,)) for item in range(1, 6)]
+    for thread in others:
+        thread.start()
+    while len(batcher._pending) < 5:  # all five queued behind the running batch
+        time.sleep(0.001)
+    release.set()
+    for thread in [first, *others]:
+        thread.join(5)
+    assert results == {item: item * 10 for item in range(6)}
+    assert [len(batch) for batch in batches] == [1, 3, 2]
+
+
+def test_batcher_failure_reaches_every_request_of_the_batch_and_the_next_batch_runs() -> None:
+    batcher = Batcher(lambda items: [1 / item for item in items], max_batch_size=4)
+    with pytest.raises(ZeroDivisionError):
+        batcher(0)
+    assert batcher(4) == 0.25
+    with batcher.exclusive():  # e.g. activations: no batch meanwhile
+        assert not batcher._lock.acquire(blocking=False)
+
+
 @pytest.mark.slow
 def test_cli_error_is_one_line_before_serving(tmp_path: Path) -> None:
     result = run_cli("demo", "--ckpt_path", "missing.ckpt", cwd=tmp_path)
@@ -117,6 +180,7 @@ def test_cli_error_is_one_line_before_serving(tmp_path: Path) -> None:
         ([], "no checkpoint given; pass --ckpt_path"),
         (["--ckpt_path", "x.ckpt", "--examples", "nope"], "--examples 'nope' is not a folder"),
         (["--ckpt_path", "x.ckpt", "--max_file_size", "10"], "--max_file_size '10' is not a size like 10mb"),
+        (["--ckpt_path", "x.ckpt", "--max_batch_size", "0"], "--max_batch_size 0: use 1 or more"),
     ],
 )
 def test_bad_options_fail_before_loading(monkeypatch: pytest.MonkeyPatch, args: list[str], message: str) -> None:
@@ -149,29 +213,63 @@ def test_app_py_defaults_to_model_ckpt_next_to_it(tmp_path: Path) -> None:
     )
 
 
-@pytest.mark.slow
-def test_auth_protects_the_app(model: TransferClassifier) -> None:
-    demo = build_demo(model, examples=None)
+@contextmanager
+def serving(demo: gr.Blocks, auth: tuple[str, str] | None = None) -> Iterator[str]:
+    """``demo`` served from this process on a free port (its URL), closed afterwards."""
     port = free_port()
-    thread = threading.Thread(
-        target=serve, args=(demo, "127.0.0.1", port, False, ("alice", "s3cret"), "1mb"), daemon=True
-    )
+    thread = threading.Thread(target=serve, args=(demo, "127.0.0.1", port, False, auth, "1mb"), daemon=True)
     thread.start()
     try:
-        url = f"http://127.0.0.1:{port}/"
         for _ in range(300):
             if demo.local_url:
                 break
             time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
+        thread.join(timeout=10)
+
+
+@pytest.mark.slow
+def test_auth_protects_the_app(model: TransferClassifier) -> None:
+    with serving(build_demo(model, examples=None), auth=("alice", "s3cret")) as url:
         assert httpx.get(f"{url}config").status_code == 401
         with pytest.raises(ValueError, match="login"):
             Client(url, auth=("alice", "wrong"), verbose=False)
         client = Client(url, auth=("alice", "s3cret"), verbose=False)
         label, _ = client.predict(handle_file(EXAMPLES[0]), api_name="/predict")
         assert label["label"] in ("cat", "dog")
-    finally:
-        demo.close()
-        thread.join(timeout=10)
+
+
+@pytest.mark.slow
+def test_simultaneous_users_are_all_answered_with_shared_model_batches(
+    model: TransferClassifier, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """7 photos and a text file from 8 users at once: 7 predictions, 1 message, the photos' model work
+    in fewer, larger batches (each batch is slowed down so that the others queue behind it)."""
+    batch_sizes: list[int] = []
+
+    def slowed(model: TransferClassifier, batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        batch_sizes.append(len(batch))
+        time.sleep(0.3)
+        return predict_and_gradcam(model, batch)
+
+    monkeypatch.setattr("lightning_transfer.commands.demo.predict_and_gradcam", slowed)
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+    uploads = [EXAMPLES[index % len(EXAMPLES)] for index in range(7)] + [text]
+    with serving(build_demo(model, examples=None)) as url:
+        clients = [Client(url, verbose=False, download_files=False) for _ in uploads]
+        jobs = [client.submit(handle_file(path), api_name="/predict") for client, path in zip(clients, uploads)]
+        answers = []
+        for job in jobs:
+            try:
+                answers.append(job.result(timeout=120)[0]["label"])
+            except AppError as err:
+                answers.append(str(err))
+    assert all(answer in ("cat", "dog") for answer in answers[:7]), answers
+    assert "cannot read image 'notes.txt'" in answers[7]
+    assert sum(batch_sizes) == 7 and max(batch_sizes) > 1, batch_sizes
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from conftest import TINY_SIZE
 from lightning_transfer.callbacks.checkpointing import find_last_checkpoint, last_epoch_checkpoint
+from lightning_transfer.commands.cli import main
 from lightning_transfer.data import ImageFolderDataModule
 from lightning_transfer.model import TransferClassifier
 from lightning_transfer.utils.errors import UserError
@@ -60,3 +61,13 @@ def test_finds_the_newest_last_checkpoint_of_earlier_runs(tmp_path: Path) -> Non
 def test_no_last_checkpoint_is_an_error_not_a_fresh_start(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="--ckpt_path last: nothing matches"):
         find_last_checkpoint(None, str(tmp_path))
+
+
+def test_lightnings_save_last_is_refused_in_one_line(tiny_data: Path, capsys: pytest.CaptureFixture) -> None:
+    """It would write last.ckpt beside ours, at best-epoch steps only."""
+    with pytest.raises(SystemExit) as stopped:
+        main(["fit", "--data.root", str(tiny_data), "--model.weights", "none", "--checkpoint.save_last", "true"])
+    assert stopped.value.code == 1
+    assert capsys.readouterr().err == (
+        "error: --checkpoint.save_last: last.ckpt is already written after every epoch; drop the option\n"
+    )

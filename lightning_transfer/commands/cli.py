@@ -80,7 +80,7 @@ class TransferCLI(LightningCLI):
         """Take the model's hyperparameters from ``--ckpt_path``, read safely (tensors only).
 
         Overrides a private LightningCLI method (fenced: the ``lightning`` upper bound in
-        pyproject.toml and tests/test_lightning_fence.py): Lightning's own version would hand
+        pyproject.toml and tests/test_dependency_fences.py): Lightning's own version would hand
         ``image_size`` to the model, whose ``image_size`` is a link target, and print a traceback
         for a bad file. Checkpoints are untrusted input: only a local file (or ``last``) is
         accepted, and it is read with ``weights_only`` before Lightning opens it. The image size is
@@ -112,6 +112,10 @@ class TransferCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config  # run=False: lr_find
+        if config.checkpoint.save_last:  # Lightning's would write last.ckpt too, at best-epoch steps only
+            raise UserError(
+                "--checkpoint.save_last: last.ckpt is already written after every epoch; drop the option"
+            )
         if config.get("ckpt_path"):  # resuming or evaluating: the checkpoint supplies the weights
             config.model.weights = "none"
             config.model.init_from = None

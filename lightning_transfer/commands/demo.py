@@ -1,10 +1,12 @@
 """``lightning-transfer demo``: a trained checkpoint behind a Gradio page and API, shareable by link.
 
-The model is loaded once; every request that touches it (prediction, Grad-CAM, activations) runs
-in one Gradio concurrency group of size 1, because Grad-CAM and activations attach hooks to the
-shared model that a concurrent request would trip over, and on a CPU one request already uses
-every core through torch's threads. Uploads arrive unprocessed (``preprocess=False``) so that a
-non-image or oversized file becomes a message on the page instead of a Gradio traceback.
+The model is loaded once and shared. Several requests run at once (``CONCURRENCY``): each
+decodes its upload and draws its overlay in its own thread, so a bad file is answered at once
+instead of after everyone queued before it, and the model work of all requests waiting at a
+moment runs as one batch (``--max_batch_size``; ``utils.batching``), one batch at a time, because
+Grad-CAM and activations attach hooks to the shared model that a concurrent pass would trip over.
+Uploads arrive unprocessed (``preprocess=False``) so that a non-image or oversized file becomes a
+message on the page instead of a Gradio traceback.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ import torch
 from PIL import Image
 
 from lightning_transfer.data import is_image_file, load_rgb
-from lightning_transfer.interpret import activation_view, gradcam_view, image_batch
+from lightning_transfer.interpret import GradCamView, activation_view, image_batch, predict_and_gradcam
 from lightning_transfer.model import TransferClassifier, load_model
+from lightning_transfer.utils.batching import Batcher
 from lightning_transfer.utils.errors import UserError
 from lightning_transfer.utils.runtime import default_device
 
@@ -42,10 +45,18 @@ MAX_FILE_SIZE = "10mb"
 """Default upload limit, enforced by Gradio before the file reaches the model."""
 MAX_PIXELS = 50_000_000
 """Larger images are refused from their header: a small file can decode to gigabytes."""
+MAX_SIDE = 1024
+"""Uploads are shrunk to fit this square first: the model sees 150-224 px and the page shows about
+500, while blending and sending a 40-megapixel overlay took seconds of everyone's turn."""
 MAX_CHANNELS = 64
 """Activation channels shown per layer (EfficientNet-Lite0's ``top`` has 1280)."""
+CONCURRENCY = 16
+"""Requests handled at once (decoding, model, drawing); two full batches, so one can gather while
+the other runs."""
 QUEUE_SIZE = 32
-"""Requests waiting beyond this are turned away with "queue full" instead of piling up."""
+"""Requests waiting beyond ``CONCURRENCY`` and this many are turned away with "queue full"."""
+MAX_BATCH_SIZE = 8
+"""Most requests whose prediction and Grad-CAM run as one batch."""
 CONCURRENCY_ID = "model"
 NO_ACTIVATIONS = "Activations of the chosen layer appear here after **Predict**."
 
@@ -84,7 +95,7 @@ def read_upload(upload: Upload) -> Image.Image:
         raise page_error("No image yet: upload a photo or pick an example, then press Predict.")
     path = str(upload["path"])
     try:
-        return load_rgb(path, max_pixels=MAX_PIXELS)
+        return load_rgb(path, max_pixels=MAX_PIXELS, max_side=MAX_SIDE)
     except UserError as err:  # name the user's file, not Gradio's temporary copy
         name = upload.get("orig_name") or Path(path).name
         raise page_error(str(err).replace(repr(path), repr(name))) from None
@@ -96,29 +107,49 @@ def example_images(folder: str | Path | None) -> list[str]:
     return [str(path) for path in sorted(Path(folder).iterdir()) if is_image_file(path)]
 
 
+def gradcam_batcher(model: TransferClassifier, max_batch_size: int) -> Batcher:
+    """Normalized image tensors -> (probabilities, predicted class, Grad-CAM) each, computed in batches."""
+
+    def run(images: list[torch.Tensor]) -> list[tuple[torch.Tensor, int, torch.Tensor]]:
+        batch = torch.stack(images).to(next(model.parameters()).device)
+        probabilities, targets, cams = predict_and_gradcam(model, batch)
+        return list(zip(probabilities, targets.tolist(), cams))
+
+    return Batcher(run, max_batch_size)
+
+
 def build_demo(
-    model: TransferClassifier | str | Path, examples: str | Path | None = DEFAULT_EXAMPLES
+    model: TransferClassifier | str | Path,
+    examples: str | Path | None = DEFAULT_EXAMPLES,
+    max_batch_size: int = MAX_BATCH_SIZE,
 ) -> gr.Blocks:
     """The Gradio app for a classifier or a checkpoint path, queued, not yet launched.
 
     Endpoints: ``/predict`` (image -> label probabilities, Grad-CAM overlay) and ``/activations``
-    (image, layer name -> channel gallery, title with the layer's shape).
+    (image, layer name -> channel gallery, title with the layer's shape). The model runs for up to
+    ``max_batch_size`` waiting requests together.
     """
     if not isinstance(model, TransferClassifier):
         model = load_model(model).to(default_device())
     model.eval()
     layers = list(model.backbone.layers())
     classes = ", ".join(model.class_names)
+    explain = gradcam_batcher(model, max_batch_size)
+    transform = model.preprocessing.transform(model.image_size)
 
     def on_predict(upload: Upload) -> tuple[dict[str, float], Image.Image]:
-        view = gradcam_view(model, read_upload(upload))  # its forward pass gives the probabilities too
+        image = read_upload(upload)
+        probabilities, target, cam = explain(transform(image))
+        view = GradCamView.render(image, model.class_names, probabilities, target, cam)
         return view.probabilities, view.overlay
 
     def on_activations(upload: Upload, layer: str) -> tuple[list[tuple[Image.Image, str]], str]:
         if not upload:  # the layer changed before any image was given: nothing to show yet
             return [], NO_ACTIVATIONS
+        image = read_upload(upload)
         try:
-            return activation_gallery(model, read_upload(upload), layer)
+            with explain.exclusive():  # its hooks must not meet a batch's
+                return activation_gallery(model, image, layer)
         except UserError as err:  # e.g. an API caller's unknown layer name
             raise page_error(str(err)) from None
 
@@ -151,7 +182,7 @@ def build_demo(
         layer.change(
             on_activations, [image, layer], [gallery, title], api_visibility="undocumented", **shared
         )
-    return demo.queue(default_concurrency_limit=1, max_size=QUEUE_SIZE)
+    return demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
 
 
 def parse_auth(text: str) -> tuple[str, str]:
@@ -243,6 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--max_file_size", default=MAX_FILE_SIZE,
         help=f"upload limit, e.g. 5mb or 500kb (default: {MAX_FILE_SIZE})",
     )
+    parser.add_argument(
+        "--max_batch_size", type=int, default=MAX_BATCH_SIZE,
+        help=f"most waiting requests the model runs as one batch; 1 runs them one by one (default: {MAX_BATCH_SIZE})",
+    )
     return parser
 
 
@@ -256,7 +291,9 @@ def main(argv: list[str]) -> None:
         raise UserError(f"--max_file_size {args.max_file_size!r} is not a size like 10mb or 500kb")
     if args.examples is not None and not Path(args.examples).is_dir():
         raise UserError(f"--examples {args.examples!r} is not a folder; pass a folder of images")
-    demo = build_demo(args.ckpt_path, args.examples or DEFAULT_EXAMPLES)
+    if args.max_batch_size < 1:
+        raise UserError(f"--max_batch_size {args.max_batch_size}: use 1 or more")
+    demo = build_demo(args.ckpt_path, args.examples or DEFAULT_EXAMPLES, args.max_batch_size)
     if auth is None and (args.share or not is_loopback(args.host)):
         who = "anyone with the public link" if args.share else f"anyone on the network (--host {args.host})"
         print(

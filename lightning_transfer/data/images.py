@@ -10,26 +10,31 @@ from PIL import Image, ImageOps
 from lightning_transfer.utils.errors import UserError
 
 
-def load_rgb(path: str | Path, max_pixels: int | None = None) -> Image.Image:
+def load_rgb(path: str | Path, max_pixels: int | None = None, max_side: int | None = None) -> Image.Image:
     """Decode any PIL-readable image as RGB, with a one-line UserError for files that do not decode.
 
     ``max_pixels`` refuses bigger images from their header, before decoding (a small compressed
-    file can expand to gigabytes; servers such as the demo need that bound).
+    file can expand to gigabytes; servers such as the demo need that bound). ``max_side`` shrinks
+    larger images to fit in that many pixels each way, keeping their shape.
     """
     try:
-        return decode_rgb(path, max_pixels=max_pixels)
+        return decode_rgb(path, max_pixels=max_pixels, max_side=max_side)
     except UserError:
         raise
     except Exception as err:  # broken files raise OSError, SyntaxError, ValueError, struct.error...
         raise UserError(f"cannot read image {str(path)!r}: {describe_error(err)}") from None
 
 
-def decode_rgb(path: str | Path, draft: bool = False, max_pixels: int | None = None) -> Image.Image:
+def decode_rgb(
+    path: str | Path, draft: bool = False, max_pixels: int | None = None, max_side: int | None = None
+) -> Image.Image:
     """Decode ``path`` as 8-bit RGB, the way every image reaches the model; raises what PIL raises.
 
     Images above ``PIL.Image.MAX_IMAGE_PIXELS`` are refused (PIL only warns up to twice that), and
     above ``max_pixels`` with a UserError, both from the header, before decoding. ``draft`` lets
     JPEGs decode at 1/8 scale: enough to prove the file is whole, several times faster.
+    ``max_side`` shrinks larger images to fit in a ``max_side`` square (PIL's ``thumbnail``); JPEGs
+    decode straight at the smallest of 1/2, 1/4 or 1/8 scale that is still at least that large.
     """
     with Image.open(path) as image:
         if max_pixels is not None and image.width * image.height > max_pixels:
@@ -43,9 +48,12 @@ def decode_rgb(path: str | Path, draft: bool = False, max_pixels: int | None = N
                 f"{image.width}x{image.height} = {image.width * image.height} pixels is above the "
                 f"decompression-bomb limit of {limit} pixels (PIL.Image.MAX_IMAGE_PIXELS)"
             )
-        if draft:
-            image.draft(None, (1, 1))
-        return to_rgb(ImageOps.exif_transpose(image))
+        if draft or max_side is not None:
+            image.draft(None, (1, 1) if draft else (max_side, max_side))
+        rgb = to_rgb(ImageOps.exif_transpose(image))
+        if max_side is not None:
+            rgb.thumbnail((max_side, max_side))
+        return rgb
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

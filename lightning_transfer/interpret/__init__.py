@@ -14,7 +14,13 @@ from lightning_transfer.interpret.attribution import (
 )
 from lightning_transfer.interpret.imagenet import ImageNetClassifier
 from lightning_transfer.interpret.render import activation_grid, filter_grid, overlay, save_titled, shape_title
-from lightning_transfer.interpret.views import ActivationView, GradCamView, activation_view, gradcam_view
+from lightning_transfer.interpret.views import (
+    ActivationView,
+    GradCamView,
+    activation_view,
+    gradcam_view,
+    predict_and_gradcam,
+)
 
 __all__ = [
     "ActivationView",
@@ -34,6 +40,7 @@ __all__ = [
     "layer_activations",
     "layer_channels",
     "overlay",
+    "predict_and_gradcam",
     "save_titled",
     "shape_title",
 ]

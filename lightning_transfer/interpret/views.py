@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -38,21 +39,37 @@ class GradCamView:
         """The model's probability for the explained class."""
         return self.probabilities[self.target]
 
+    @classmethod
+    def render(
+        cls, image: Image.Image, class_names: Sequence[str], probabilities: torch.Tensor, target: int, cam: torch.Tensor
+    ) -> GradCamView:
+        """The view of one image from its row of :func:`predict_and_gradcam`'s results."""
+        return cls(
+            target=class_names[target],
+            probabilities=dict(zip(class_names, probabilities.tolist())),
+            cam=cam,
+            heatmap=heatmap_image(cam, image.size),
+            overlay=overlay(image, cam),
+        )
+
+
+def predict_and_gradcam(
+    model: Classifier, batch: torch.Tensor, target: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Class probabilities (N, C), the explained class of each image (N,) and its Grad-CAM (N, H, W),
+    on the CPU, for a normalized batch; ``target`` None explains each image's predicted class."""
+    with torch.no_grad(), eval_mode(model):
+        probabilities = model(batch).softmax(dim=1)
+    targets = probabilities.argmax(dim=1) if target is None else torch.full((len(batch),), target)
+    return probabilities.cpu(), targets.cpu(), gradcam(model, batch, targets.to(batch.device)).cpu()
+
 
 def gradcam_view(model: Classifier, image: Image.Image, target: str | None = None) -> GradCamView:
     """Grad-CAM of one PIL image for ``target`` (a class name; None = the predicted class)."""
+    index = None if target is None else class_index(model.class_names, target)
     batch = image_batch(model.backbone, [image], model.image_size)
-    with torch.no_grad(), eval_mode(model):
-        probabilities = model(batch).softmax(dim=1)[0]
-    index = int(probabilities.argmax()) if target is None else class_index(model.class_names, target)
-    cam = gradcam(model, batch, index)[0].cpu()
-    return GradCamView(
-        target=model.class_names[index],
-        probabilities=dict(zip(model.class_names, probabilities.tolist())),
-        cam=cam,
-        heatmap=heatmap_image(cam, image.size),
-        overlay=overlay(image, cam),
-    )
+    probabilities, targets, cams = predict_and_gradcam(model, batch, index)
+    return GradCamView.render(image, model.class_names, probabilities[0], int(targets[0]), cams[0])
 
 
 @dataclass(frozen=True)
