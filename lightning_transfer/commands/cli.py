@@ -41,6 +41,7 @@ EXTRA_COMMANDS = {
     "data": "lightning_transfer.commands.data",
     "visualize": "lightning_transfer.commands.visualize",
     "demo": "lightning_transfer.commands.demo",
+    "backbones": "lightning_transfer.commands.backbones",
 }
 
 
