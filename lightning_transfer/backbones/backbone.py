@@ -69,7 +69,7 @@ class Backbone(nn.Module):
         try:
             with eval_mode(self):
                 out = self(torch.zeros(1, 3, image_size, image_size, device=device))
-        except RuntimeError as err:  # e.g. a kernel larger than what is left of a small image
+        except (RuntimeError, AssertionError) as err:  # a kernel larger than what is left; timm's size asserts
             raise UserError(
                 f"backbone {self.spec.name!r} cannot run on {image_size} px images ({str(err).splitlines()[0]}); "
                 f"use a larger --data.image_size (its default is {self.spec.default_image_size})"

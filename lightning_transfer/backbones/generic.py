@@ -48,8 +48,8 @@ def torchvision_spec(name: str) -> BackboneSpec:
         mean, std = tuple(transforms.mean), tuple(transforms.std)
 
     def conv_base(source: nn.Module) -> list[str]:
-        if isinstance(source, (VisionTransformer, SwinTransformer)):  # tokens; Swin's are channels-last grids
-            raise not_a_conv_base(name)
+        if isinstance(source, (VisionTransformer, SwinTransformer)):
+            raise not_a_conv_base(name, "it is a vision transformer (features: tokens, or channels-last grids)")
         return conv_base_paths(source, name, TORCHVISION_STAGE_LISTS, head_modules=TORCHVISION_HEAD)
 
     return BackboneSpec(
@@ -84,8 +84,8 @@ def _stage_lists(source: nn.Module) -> set[str]:
 
 
 def _timm_conv_base(source: nn.Module, name: str) -> list[str]:
-    if getattr(source, "output_fmt", "NCHW") != "NCHW":  # Swin-style: channels-last token grids
-        raise not_a_conv_base(name)
+    if getattr(source, "output_fmt", "NCHW") != "NCHW":  # Swin-style
+        raise not_a_conv_base(name, f"its features are laid out {source.output_fmt}, not channels first")
     return conv_base_paths(source, name, _stage_lists(source), features_method="forward_features")
 
 

@@ -15,6 +15,7 @@ from collections.abc import Collection
 from torch import fx, nn
 
 from lightning_transfer.utils.errors import UserError
+from lightning_transfer.utils.runtime import eval_mode
 
 POOLING = (nn.MaxPool2d, nn.AvgPool2d)
 
@@ -31,14 +32,24 @@ class _StageTracer(fx.Tracer):
         return qualified_name not in self.expand
 
 
+def not_a_conv_base(
+    name: str, reason: str = "it does not run as a chain of modules that ends in a feature map"
+) -> UserError:
+    return UserError(
+        f"backbone {name!r} cannot be split into blocks of a convolutional base: {reason}. ViT-style "
+        "models, whose features are tokens, are not supported; pick a convolutional model such as "
+        "resnet50, convnext_tiny or timm/convnext_atto"
+    )
+
+
 def trace(model: nn.Module, name: str, expand: Collection[str], method: str = "forward") -> fx.GraphModule:
+    """The traced ``method`` in eval mode: in training mode Inception and GoogLeNet branch off their
+    auxiliary classifiers mid-way, and what is split off is used for inference."""
     try:
-        return fx.GraphModule(model, _StageTracer(expand, method).trace(model))
+        with eval_mode(model):
+            return fx.GraphModule(model, _StageTracer(expand, method).trace(model))
     except Exception as err:  # tracing fails in many ways (data-dependent control flow...), all mean "not splittable"
-        raise UserError(
-            f"backbone {name!r} cannot be split into blocks: tracing its {method} failed "
-            f"({type(err).__name__}: {str(err).splitlines()[0]}); pick another model"
-        ) from None
+        raise not_a_conv_base(name, f"tracing its {method} failed ({type(err).__name__}: {str(err).splitlines()[0]})")
 
 
 def module_chain(graph: fx.Graph, stop: Collection[str] = ()) -> list[fx.Node]:
@@ -53,14 +64,6 @@ def module_chain(graph: fx.Graph, stop: Collection[str] = ()) -> list[fx.Node]:
         chain.append(user)
         node = user
     return chain
-
-
-def not_a_conv_base(name: str) -> UserError:
-    return UserError(
-        f"backbone {name!r} does not run as a chain of modules that ends in a convolutional feature map "
-        "(ViT-style models, whose features are tokens, are not supported), so it cannot be split into "
-        "blocks; pick a convolutional model such as resnet50, convnext_tiny or timm/convnext_atto"
-    )
 
 
 def conv_base_paths(
@@ -104,8 +107,7 @@ def blocks_of(model: nn.Module, paths: list[str]) -> nn.Sequential:
     Stages (modules of modules: ResNet's ``layer1``, EfficientNet's ``features.3``) are blocks under
     their own names; the plain layers before the first stage are ``stem``, those after the last
     ``top``. A model made only of plain layers (AlexNet, VGG with BatchNorm, SqueezeNet) gets
-    ``block1``, ``block2``, ... each ending at a pooling layer, as Keras names VGG's blocks. ReLUs are
-    made out-of-place so hooks (activations, Grad-CAM) see the values they expect.
+    ``block1``, ``block2``, ... each ending at a pooling layer, as Keras names VGG's blocks.
     """
     units = [(unit, model.get_submodule(path)) for unit, path in zip(_unit_names(paths), paths)]
     units = [(unit, module) for unit, module in units if not isinstance(module, nn.Identity)]
@@ -125,11 +127,7 @@ def blocks_of(model: nn.Module, paths: list[str]) -> nn.Sequential:
             if isinstance(unit[1], POOLING) or unit is units[-1]:
                 blocks[f"block{len(blocks) + 1}"] = _group(current)
                 current = []
-    body = nn.Sequential(blocks)
-    for module in body.modules():
-        if isinstance(getattr(module, "inplace", None), bool):
-            module.inplace = False
-    return body
+    return nn.Sequential(blocks)
 
 
 def classifier_after(model: nn.Module, name: str, expand: Collection[str], last_path: str) -> nn.Module:
@@ -137,7 +135,10 @@ def classifier_after(model: nn.Module, name: str, expand: Collection[str], last_
     from the conv map to the logits, sharing the model's modules."""
     head = trace(model, name, expand)
     graph = head.graph
-    (end,) = [node for node in graph.nodes if node.op == "call_module" and node.target == last_path]
+    ends = [node for node in graph.nodes if node.op == "call_module" and node.target == last_path]
+    if len(ends) != 1:  # its forward does not run the conv base once, as forward_features does
+        raise not_a_conv_base(name)
+    (end,) = ends
     inputs = [node for node in graph.nodes if node.op == "placeholder"]
     with graph.inserting_before(inputs[0]):
         features = graph.placeholder("features")
@@ -147,9 +148,6 @@ def classifier_after(model: nn.Module, name: str, expand: Collection[str], last_
         raise not_a_conv_base(name)
     for node in inputs:
         graph.erase_node(node)
-    for node in graph.nodes:  # e.g. DenseNet's F.relu(features, inplace=True): hooks saw ``features``
-        if node.kwargs.get("inplace"):
-            node.kwargs = {**node.kwargs, "inplace": False}
     head.recompile()
     head.delete_all_unused_submodules()
     return head
