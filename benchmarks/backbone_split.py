@@ -8,7 +8,7 @@ For each backbone name (a torchvision model or ``timm/NAME``), two comparisons, 
 2. the conv base's forward on one batch (inference mode, fp32): the ``Backbone`` (a Sequential of
    the upstream modules) vs the upstream's own way to the same feature map: timm's
    ``forward_features``, torchvision's ``create_feature_extractor`` up to the last block. The two
-   outputs are checked to be equal first.
+   outputs are checked to be equal first; both sides get warm-up calls, and which goes first alternates.
 
     python benchmarks/backbone_split.py
     python benchmarks/backbone_split.py --backbones resnet50 timm/convnext_atto --image-size 224 --repeats 7
@@ -22,6 +22,13 @@ import time
 from collections.abc import Callable
 
 DEFAULT_BACKBONES = ["resnet18", "timm/resnet10t", "mobilenet_v3_small"]
+WARMUP = 3
+"""Forwards per side before measuring: oneDNN picks and caches its kernels on the first calls."""
+
+
+def alternated(repeat: int) -> tuple[str, str]:
+    """Which side goes first alternates: whatever the first call of a pair pays is paid by both."""
+    return ("upstream", "by name") if repeat % 2 == 0 else ("by name", "upstream")
 
 
 def seconds(run: Callable[[], object]) -> float:
@@ -50,22 +57,26 @@ def measure(name: str, image_size: int, batch_size: int, repeats: int) -> dict[s
     from lightning_transfer.backbones import Backbone, create_backbone, get_spec
 
     spec = get_spec(name)
-    build = {"upstream": [], "by name": []}
-    for _ in range(repeats):
-        build["upstream"].append(seconds(spec.build_source))
-        build["by name"].append(seconds(lambda: create_backbone(name, "none")))
+    builds = {"upstream": spec.build_source, "by name": lambda: create_backbone(name, "none")}
+    build: dict[str, list[float]] = {"upstream": [], "by name": []}
+    for repeat in range(repeats):
+        for side in alternated(repeat):
+            build[side].append(seconds(builds[side]))
 
     source = spec.build_source().eval()
     backbone = Backbone(spec, spec.to_blocks(source)).eval()  # the same modules, so the same weights
     baseline = upstream_features(name, source)
     images = torch.randn(batch_size, 3, image_size, image_size)
-    forward = {"upstream": [], "by name": []}
+    runs = {"upstream": lambda: baseline(images), "by name": lambda: backbone(images)}
+    forward: dict[str, list[float]] = {"upstream": [], "by name": []}
     with torch.inference_mode():
         if not torch.equal(backbone(images), baseline(images)):
             raise SystemExit(f"{name}: the blocks' feature map differs from the upstream one")
-        for _ in range(repeats):
-            forward["upstream"].append(seconds(lambda: baseline(images)))
-            forward["by name"].append(seconds(lambda: backbone(images)))
+        for _ in range(WARMUP):
+            runs["upstream"](), runs["by name"]()
+        for repeat in range(repeats):
+            for side in alternated(repeat):
+                forward[side].append(seconds(runs[side]))
     medians = {f"build {side}": statistics.median(times) for side, times in build.items()}
     medians |= {f"forward {side}": statistics.median(times) for side, times in forward.items()}
     return medians

@@ -113,7 +113,8 @@ def test_auxiliary_classifiers_do_not_cut_the_conv_base_short() -> None:
     """GoogLeNet branches off auxiliary classifiers mid-way when training; the split is made in eval mode."""
     backbone = create_backbone("googlenet", "none")
     assert backbone.training and backbone.block_names[-3:] == ["maxpool4", "inception5a", "inception5b"]
-    assert get_spec("googlenet").preprocessing.mean == (0.5, 0.5, 0.5)  # its weights expect torchvision's transform_input
+    # its weights expect the input torchvision's transform_input makes
+    assert get_spec("googlenet").preprocessing.mean == (0.5, 0.5, 0.5)
 
 
 def test_layers_grad_cam_layer_and_state_dict_keys_follow_the_blocks() -> None:
@@ -298,7 +299,8 @@ def test_offline_without_cached_weights_is_one_line_saying_where_it_looked(
         create_backbone("resnet18")
     with pytest.raises(WeightsUnavailableError) as timm_error:
         create_backbone("timm/resnet10t")
-    for error, cache in ((torchvision_error, tmp_path / "torch" / "hub" / "checkpoints"), (timm_error, tmp_path / "hf")):
+    torch_hub = tmp_path / "torch" / "hub" / "checkpoints"
+    for error, cache in ((torchvision_error, torch_hub), (timm_error, tmp_path / "hf")):
         message = str(error.value)
         assert "\n" not in message and str(cache) in message
         assert "--model.weights PATH" in message and "internet" in message
@@ -314,7 +316,8 @@ def test_offline_without_cached_weights_is_one_line_saying_where_it_looked(
     [
         ("resnet9", "unknown backbone 'resnet9'; closest names: .*resnet18"),
         ("resnet10t", "unknown backbone 'resnet10t'; closest names: .*timm/resnet10t"),
-        ("timm/resnet50.bogus", "timm has no weights timm/resnet50.bogus; pretrained ones of resnet50: timm/resnet50.a1_in1k"),
+        ("timm/resnet50.bogus",
+         "timm has no weights timm/resnet50.bogus; pretrained ones of resnet50: timm/resnet50.a1_in1k"),
         ("timm/test_vit_relpos", "'timm/test_vit_relpos' cannot be split into blocks of a "
          "convolutional base: it does not run as a chain .*ViT-style models.*are not supported"),
         ("timm/test_vit", "'timm/test_vit' cannot be split .*: tracing its forward_features failed .*ViT-style"),
@@ -371,7 +374,8 @@ def test_timm_imagenet_weights_offline_is_one_line_from_the_cli(tiny_data: Path,
     result = run_cli(
         "fit", "--config", str(REPO / "configs" / "vgg16_feature_extraction_augmented.yaml"),
         "--model.backbone", "timm/resnet10t", "--data.root", str(tiny_data), cwd=tmp_path,
-        env={"HF_HOME": str(tmp_path / "empty"), "HF_HUB_CACHE": str(tmp_path / "empty" / "hub"), "HF_HUB_OFFLINE": "1"},
+        env={"HF_HOME": str(tmp_path / "empty"), "HF_HUB_CACHE": str(tmp_path / "empty" / "hub"),
+             "HF_HUB_OFFLINE": "1"},
     )
     assert result.returncode != 0 and "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
