@@ -13,6 +13,7 @@ import timm
 import torch
 from huggingface_hub import constants as hf_constants
 from timm.data import ImageNetInfo, infer_imagenet_subset, resolve_data_config
+from timm.models import PretrainedCfg
 from torch import nn
 from torchvision import models as tv_models
 from torchvision.models.swin_transformer import SwinTransformer
@@ -58,14 +59,16 @@ def torchvision_spec(name: str) -> BackboneSpec:
         build_source=functools.partial(tv_models.get_model, name, weights=None),
         imagenet_state_dict=functools.partial(torchvision_state_dict, weights, name),
         to_blocks=lambda source: blocks_of(source, conv_base(source)),
-        to_imagenet_head=lambda source: classifier_after(source, name, TORCHVISION_STAGE_LISTS, conv_base(source)[-1]),
+        to_imagenet_head=lambda source: classifier_after(
+            source, name, TORCHVISION_STAGE_LISTS, conv_base(source)[-1]
+        ),
         imagenet_categories=lambda: list(weights.meta["categories"]),
         preprocessing=Preprocessing(mean=mean, std=std, interpolation=transforms.interpolation),
         default_image_size=transforms.crop_size[0],
     )
 
 
-def _timm_pretrained_cfg(name: str):  # -> timm PretrainedCfg | None
+def _timm_pretrained_cfg(name: str) -> PretrainedCfg | None:
     try:
         return timm.models.get_pretrained_cfg(name)
     except RuntimeError:  # an unknown tag
@@ -89,7 +92,7 @@ def _timm_conv_base(source: nn.Module, name: str) -> list[str]:
     return conv_base_paths(source, name, _stage_lists(source), features_method="forward_features")
 
 
-def _timm_imagenet(model_name: str, cfg) -> StateDict:
+def _timm_imagenet(model_name: str, cfg: PretrainedCfg | None) -> StateDict:
     label = TIMM_PREFIX + model_name
     if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
         raise WeightsUnavailableError(
@@ -112,7 +115,7 @@ def _timm_imagenet(model_name: str, cfg) -> StateDict:
         ) from None
 
 
-def _timm_categories(model_name: str, cfg) -> list[str]:
+def _timm_categories(model_name: str, cfg: PretrainedCfg | None) -> list[str]:
     """ImageNet class names of the pretrained classifier: the first name of each of timm's descriptions
     (``tabby, tabby cat`` -> ``tabby``), as torchvision names them."""
     subset = infer_imagenet_subset(cfg.to_dict()) if cfg else None
