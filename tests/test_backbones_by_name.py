@@ -3,6 +3,7 @@ timm model; weights offline; names that are unknown or refused; `lightning-trans
 
 from __future__ import annotations
 
+import pickle
 import urllib.error
 from collections import OrderedDict
 from pathlib import Path
@@ -71,6 +72,15 @@ def test_layers_grad_cam_layer_and_state_dict_keys_follow_the_blocks() -> None:
     assert "body.layer4.1.conv2.weight" in backbone.state_dict()
     vgg16_shaped = Backbone(get_spec("vgg16"), nn.Sequential(OrderedDict(block5=nn.Identity())))
     assert vgg16_shaped.cam_layer == "block5_conv3"  # a spec's own choice stays
+
+
+@pytest.mark.parametrize("name", ["resnet18", "timm/resnet10t"])
+def test_a_backbone_by_name_pickles_with_its_spec(name: str) -> None:
+    """``ddp_spawn`` and notebook launchers pickle the model, and the model holds its backbone's spec."""
+    backbone = create_backbone(name, "none")
+    copy = pickle.loads(pickle.dumps(backbone))
+    assert copy.spec.name == name and copy.block_names == backbone.block_names
+    assert torch.equal(copy.state_dict()["body.layer4.0.conv1.weight"], backbone.state_dict()["body.layer4.0.conv1.weight"])
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ from timm.data import ImageNetInfo, infer_imagenet_subset, resolve_data_config
 from timm.models import PretrainedCfg
 from torch import nn
 from torchvision import models as tv_models
+from torchvision.models import WeightsEnum
 from torchvision.models.swin_transformer import SwinTransformer
 from torchvision.models.vision_transformer import VisionTransformer
 from torchvision.transforms import InterpolationMode
@@ -41,28 +42,39 @@ def torchvision_names() -> list[str]:
     return tv_models.list_models(module=tv_models)
 
 
+def _torchvision_conv_base(name: str, source: nn.Module) -> list[str]:
+    if isinstance(source, (VisionTransformer, SwinTransformer)):
+        raise not_a_conv_base(name, "it is a vision transformer (features: tokens, or channels-last grids)")
+    return conv_base_paths(source, name, TORCHVISION_STAGE_LISTS, head_modules=TORCHVISION_HEAD)
+
+
+def _torchvision_blocks(name: str, source: nn.Module) -> nn.Sequential:
+    return blocks_of(source, _torchvision_conv_base(name, source))
+
+
+def _torchvision_classifier(name: str, source: nn.Module) -> nn.Module:
+    return classifier_after(source, name, TORCHVISION_STAGE_LISTS, _torchvision_conv_base(name, source)[-1])
+
+
+def _torchvision_categories(weights: WeightsEnum) -> list[str]:
+    return list(weights.meta["categories"])
+
+
 def torchvision_spec(name: str) -> BackboneSpec:
+    """Module-level functions, not closures, throughout: a model holding its spec stays picklable."""
     weights = tv_models.get_model_weights(name).DEFAULT
     transforms = weights.transforms()
     mean, std = (0.5,) * 3, (0.5,) * 3
     if name not in NORMALIZED_INSIDE:
         mean, std = tuple(transforms.mean), tuple(transforms.std)
-
-    def conv_base(source: nn.Module) -> list[str]:
-        if isinstance(source, (VisionTransformer, SwinTransformer)):
-            raise not_a_conv_base(name, "it is a vision transformer (features: tokens, or channels-last grids)")
-        return conv_base_paths(source, name, TORCHVISION_STAGE_LISTS, head_modules=TORCHVISION_HEAD)
-
     return BackboneSpec(
         name=name,
         description=f"torchvision {name} (full model)",
         build_source=functools.partial(tv_models.get_model, name, weights=None),
         imagenet_state_dict=functools.partial(torchvision_state_dict, weights, name),
-        to_blocks=lambda source: blocks_of(source, conv_base(source)),
-        to_imagenet_head=lambda source: classifier_after(
-            source, name, TORCHVISION_STAGE_LISTS, conv_base(source)[-1]
-        ),
-        imagenet_categories=lambda: list(weights.meta["categories"]),
+        to_blocks=functools.partial(_torchvision_blocks, name),
+        to_imagenet_head=functools.partial(_torchvision_classifier, name),
+        imagenet_categories=functools.partial(_torchvision_categories, weights),
         preprocessing=Preprocessing(mean=mean, std=std, interpolation=transforms.interpolation),
         default_image_size=transforms.crop_size[0],
     )
@@ -90,6 +102,14 @@ def _timm_conv_base(source: nn.Module, name: str) -> list[str]:
     if getattr(source, "output_fmt", "NCHW") != "NCHW":  # Swin-style
         raise not_a_conv_base(name, f"its features are laid out {source.output_fmt}, not channels first")
     return conv_base_paths(source, name, _stage_lists(source), features_method="forward_features")
+
+
+def _timm_blocks(name: str, source: nn.Module) -> nn.Sequential:
+    return blocks_of(source, _timm_conv_base(source, name))
+
+
+def _timm_classifier(name: str, source: nn.Module) -> nn.Module:
+    return classifier_after(source, name, _stage_lists(source), _timm_conv_base(source, name)[-1])
 
 
 def _timm_imagenet(model_name: str, cfg: PretrainedCfg | None) -> StateDict:
@@ -137,10 +157,8 @@ def timm_spec(model_name: str) -> BackboneSpec:
         description=f"timm {model_name} (full model)",
         build_source=functools.partial(timm.create_model, model_name, pretrained=False),
         imagenet_state_dict=functools.partial(_timm_imagenet, model_name, cfg),
-        to_blocks=lambda source: blocks_of(source, _timm_conv_base(source, name)),
-        to_imagenet_head=lambda source: classifier_after(
-            source, name, _stage_lists(source), _timm_conv_base(source, name)[-1]
-        ),
+        to_blocks=functools.partial(_timm_blocks, name),
+        to_imagenet_head=functools.partial(_timm_classifier, name),
         imagenet_categories=functools.partial(_timm_categories, model_name, cfg),
         preprocessing=Preprocessing(
             mean=tuple(data["mean"]), std=tuple(data["std"]), interpolation=InterpolationMode(data["interpolation"])
