@@ -80,7 +80,8 @@ def test_a_backbone_by_name_pickles_with_its_spec(name: str) -> None:
     backbone = create_backbone(name, "none")
     copy = pickle.loads(pickle.dumps(backbone))
     assert copy.spec.name == name and copy.block_names == backbone.block_names
-    assert torch.equal(copy.state_dict()["body.layer4.0.conv1.weight"], backbone.state_dict()["body.layer4.0.conv1.weight"])
+    key = "body.layer4.0.conv1.weight"
+    assert torch.equal(copy.state_dict()[key], backbone.state_dict()[key])
 
 
 @pytest.mark.parametrize(
