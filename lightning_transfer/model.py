@@ -53,7 +53,9 @@ class TransferClassifier(LightningModule):
     """Image classifier = pretrained backbone (frozen by default) + dense head.
 
     Args:
-        backbone: registry name (``vgg16``, ``efficientnet_lite0``).
+        backbone: ``vgg16``, ``efficientnet_lite0``, any torchvision classification model (``resnet50``)
+            or any timm model as ``timm/NAME`` (``timm/convnext_atto``); ``lightning-transfer backbones``
+            lists them.
         weights: ``imagenet``, ``none`` (random init) or a state-dict file (.pth/.pt/.safetensors).
         num_classes: number of output classes; set from the data by the CLI.
         class_names: label of each output, stored in the checkpoint; set from the data by the CLI.

@@ -1,10 +1,12 @@
-"""Private APIs of dependencies that the package relies on, each checked here so that an upgrade
+"""Private or undocumented APIs of dependencies that the package relies on, each checked here so that an upgrade
 that removes one fails this test with a message saying what to change, not a user's run."""
 
 from __future__ import annotations
 
 import inspect
+import operator
 
+import timm
 import torch
 from lightning.pytorch.cli import LightningCLI
 
@@ -56,3 +58,29 @@ def test_lightning_still_has_the_unrepeated_sampler_of_its_predict() -> None:
     assert issubclass(UnrepeatedDistributedSampler, DistributedSampler)
     shares = [list(UnrepeatedDistributedSampler(range(5), num_replicas=2, rank=rank, shuffle=False)) for rank in (0, 1)]
     assert shares == [[0, 2, 4], [1, 3]]
+
+
+def test_fx_tracers_still_trace_the_method_named_by_traced_func_name() -> None:
+    """``backbones.split`` traces timm's ``forward_features`` by setting ``torch.fx.Tracer.traced_func_name``
+    (a class attribute, not in torch's documentation). If this fails, timm backbones are refused as
+    not splittable: trace a wrapper module whose forward calls ``forward_features`` instead."""
+
+    class TwoMethods(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + 1
+
+        def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+            return x * 2
+
+    tracer = torch.fx.Tracer()
+    tracer.traced_func_name = "forward_features"
+    (node,) = [node for node in tracer.trace(TwoMethods()).nodes if node.op == "call_function"]
+    assert node.target is operator.mul, "torch.fx no longer traces the method traced_func_name names"
+
+
+def test_timm_still_marks_channels_last_features_with_output_fmt() -> None:
+    """timm's Swin-style models say ``output_fmt = 'NHWC'`` (an attribute, not documented API);
+    ``backbones.generic`` refuses them on it. If this fails, their channels-last feature maps would
+    pass as conv maps: find timm's new marker."""
+    assert timm.create_model("test_mambaout").output_fmt == "NHWC"
+    assert getattr(timm.create_model("test_resnet"), "output_fmt", "NCHW") == "NCHW"

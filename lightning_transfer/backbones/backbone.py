@@ -57,12 +57,28 @@ class Backbone(nn.Module):
             )
         return layers[name]
 
+    @property
+    def cam_layer(self) -> str:
+        """The layer Grad-CAM explains: the spec's choice, else the last block (the last conv stage)."""
+        return self.spec.cam_layer or self.block_names[-1]
+
     @torch.no_grad()
     def output_shape(self, image_size: int) -> tuple[int, int, int]:
         """(channels, height, width) of the features for a square input of ``image_size``."""
         device = next(self.parameters()).device
-        with eval_mode(self):
-            out = self(torch.zeros(1, 3, image_size, image_size, device=device))
+        try:
+            with eval_mode(self):
+                out = self(torch.zeros(1, 3, image_size, image_size, device=device))
+        except (RuntimeError, AssertionError) as err:  # a kernel larger than what is left; timm's size asserts
+            raise UserError(
+                f"backbone {self.spec.name!r} cannot run on {image_size} px images ({str(err).splitlines()[0]}); "
+                f"use a larger --data.image_size (its default is {self.spec.default_image_size})"
+            ) from None
+        if out.dim() != 4:
+            raise UserError(
+                f"backbone {self.spec.name!r} gives features of shape {tuple(out.shape[1:])}, not a "
+                "(channels, height, width) map; pick a convolutional model"
+            )
         return tuple(out.shape[1:])  # type: ignore[return-value]
 
     def weights_digest(self) -> str:

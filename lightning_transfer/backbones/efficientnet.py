@@ -9,7 +9,7 @@ import timm
 from torch import nn
 from torchvision.transforms import InterpolationMode
 
-from lightning_transfer.backbones.spec import BackboneSpec, Preprocessing, StateDict
+from lightning_transfer.backbones.spec import BackboneSpec, Preprocessing, StateDict, imagenet1k_categories
 from lightning_transfer.backbones.weights import load_state_dict_file
 from lightning_transfer.utils.errors import UserError, WeightsUnavailableError
 
@@ -74,7 +74,7 @@ EFFICIENTNET_LITE0 = BackboneSpec(
     adapt_state_dict=_adapt,
     to_blocks=_blocks,
     to_imagenet_head=_imagenet_head,
-    out_channels=1280,
+    imagenet_categories=imagenet1k_categories,
     preprocessing=Preprocessing(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation=InterpolationMode.BICUBIC),
     default_image_size=224,
     cam_layer="top",

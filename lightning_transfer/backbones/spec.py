@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torchvision.models import VGG16_Weights
 from torchvision.transforms import InterpolationMode, v2
 
 StateDict = dict[str, torch.Tensor]
@@ -38,6 +39,11 @@ class Preprocessing:
         return v2.Compose([step for step in steps if step is not None])
 
 
+def keep_state_dict(source: nn.Module, state: StateDict) -> StateDict:
+    """State dicts saved from the upstream model itself need no mapping."""
+    return state
+
+
 @dataclass(frozen=True)
 class BackboneSpec:
     """Everything the project needs to know about one pretrained conv base."""
@@ -48,14 +54,22 @@ class BackboneSpec:
     """The upstream model (torchvision / timm), randomly initialized."""
     imagenet_state_dict: Callable[[], StateDict]
     """The upstream model's ImageNet weights; raises WeightsUnavailableError when unobtainable."""
-    adapt_state_dict: Callable[[nn.Module, StateDict], StateDict]
-    """Accepts the key layouts people have on disk and returns the upstream model's layout."""
     to_blocks: Callable[[nn.Module], nn.Sequential]
     """Upstream model -> conv base as a Sequential of named blocks, bottom to top."""
     to_imagenet_head: Callable[[nn.Module], nn.Module]
-    """Upstream model -> module mapping conv-base features to the 1000 ImageNet logits."""
-    out_channels: int
+    """Upstream model -> module mapping conv-base features to the ImageNet logits."""
+    imagenet_categories: Callable[[], list[str]]
+    """Class names of those logits."""
     preprocessing: Preprocessing
     default_image_size: int
-    cam_layer: str
-    """Layer Grad-CAM uses by default: the last conv layer's output."""
+    adapt_state_dict: Callable[[nn.Module, StateDict], StateDict] = keep_state_dict
+    """Accepts the key layouts people have on disk and returns the upstream model's layout."""
+    cam_layer: str | None = None
+    """Layer Grad-CAM uses by default (the last conv layer's output); None: the last block."""
+    imagenet_image_size: int | None = None
+    """Input size of the ImageNet classifier, where it is not ``default_image_size`` (VGG16: the book's 150)."""
+
+
+def imagenet1k_categories() -> list[str]:
+    """The 1000 ImageNet-1k class names in the standard order, as torchvision names them."""
+    return list(VGG16_Weights.IMAGENET1K_V1.meta["categories"])

@@ -2,35 +2,19 @@
 
 from __future__ import annotations
 
-import urllib.error
+import functools
 from collections import OrderedDict
-from pathlib import Path
 
-import torch
 from torch import nn
 from torchvision.models import VGG16_Weights, vgg16
 from torchvision.transforms import InterpolationMode
 
-from lightning_transfer.backbones.spec import BackboneSpec, Preprocessing, StateDict
-from lightning_transfer.utils.errors import WeightsUnavailableError
+from lightning_transfer.backbones.spec import BackboneSpec, Preprocessing, StateDict, imagenet1k_categories
+from lightning_transfer.backbones.weights import torchvision_state_dict
 
 
 def _source() -> nn.Module:
     return vgg16(weights=None)
-
-
-def _imagenet() -> StateDict:
-    weights = VGG16_Weights.IMAGENET1K_V1
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
-    try:
-        return weights.get_state_dict(progress=True, check_hash=True)
-    except (urllib.error.URLError, OSError, RuntimeError) as err:
-        raise WeightsUnavailableError(
-            f"VGG16 ImageNet weights (torchvision VGG16_Weights.IMAGENET1K_V1) are not cached at "
-            f"{cached} and could not be downloaded from {weights.url} ({err}); either pass "
-            "--model.weights PATH to a local VGG16 state-dict file, or run once on a machine with "
-            "internet to fill the torch hub cache (TORCH_HOME)"
-        ) from None
 
 
 def _adapt(source: nn.Module, state: StateDict) -> StateDict:
@@ -72,14 +56,15 @@ VGG16 = BackboneSpec(
     name="vgg16",
     description="torchvision VGG16 (full model or its `features`)",
     build_source=_source,
-    imagenet_state_dict=_imagenet,
+    imagenet_state_dict=functools.partial(torchvision_state_dict, VGG16_Weights.IMAGENET1K_V1, "VGG16"),
     adapt_state_dict=_adapt,
     to_blocks=_blocks,
     to_imagenet_head=_imagenet_head,
-    out_channels=512,
+    imagenet_categories=imagenet1k_categories,
     preprocessing=Preprocessing(
         mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), interpolation=InterpolationMode.BILINEAR
     ),
     default_image_size=150,
+    imagenet_image_size=224,
     cam_layer="block5_conv3",
 )

@@ -1,14 +1,17 @@
-"""Reading state-dict files users pass as ``--model.weights PATH``: tensors only, clear errors."""
+"""Where weights come from: state-dict files users pass as ``--model.weights PATH`` (tensors only,
+clear errors) and torchvision's pretrained weights (the torch hub cache, else a download)."""
 
 from __future__ import annotations
 
+import urllib.error
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
+from torchvision.models import WeightsEnum
 
 from lightning_transfer.backbones.spec import StateDict
-from lightning_transfer.utils.errors import UserError
+from lightning_transfer.utils.errors import UserError, WeightsUnavailableError
 
 
 def load_state_dict_file(path: str | Path) -> StateDict:
@@ -31,3 +34,18 @@ def load_state_dict_file(path: str | Path) -> StateDict:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(f"weights file {str(path)!r} does not hold a state dict of tensors")
     return state
+
+
+def torchvision_state_dict(weights: WeightsEnum, label: str) -> StateDict:
+    """torchvision ``weights`` from the torch hub cache, downloaded into it when missing; offline and
+    not cached, one line saying where they were looked for and the ways out."""
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    try:
+        return weights.get_state_dict(progress=True, check_hash=True)
+    except (urllib.error.URLError, OSError, RuntimeError) as err:
+        raise WeightsUnavailableError(
+            f"{label} ImageNet weights (torchvision {weights}) are not cached at "
+            f"{cached} and could not be downloaded from {weights.url} ({err}); either pass "
+            f"--model.weights PATH to a local {label} state-dict file, or run once on a machine with "
+            "internet to fill the torch hub cache (TORCH_HOME)"
+        ) from None

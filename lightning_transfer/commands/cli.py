@@ -43,6 +43,7 @@ EXTRA_COMMANDS = {
     "demo": "lightning_transfer.commands.demo",
     "lr_find": "lightning_transfer.commands.lr_find",
     "export": "lightning_transfer.commands.export",
+    "backbones": "lightning_transfer.commands.backbones",
 }
 
 

@@ -12,7 +12,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from lightning_transfer.backbones import Backbone, available_backbones, create_backbone
+from lightning_transfer.backbones import Backbone, create_backbone
 from lightning_transfer.data import load_rgb
 from lightning_transfer.interpret import (
     Classifier,
@@ -41,7 +41,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     common = argparse.ArgumentParser(add_help=False)
     source = common.add_mutually_exclusive_group(required=True)
     source.add_argument("--ckpt_path", help="a checkpoint written by `lightning-transfer fit`")
-    source.add_argument("--backbone", choices=available_backbones(), help="a bare backbone instead")
+    source.add_argument(
+        "--backbone",
+        help="a bare backbone instead: vgg16, efficientnet_lite0, a torchvision model or timm/NAME "
+        "(see `lightning-transfer backbones`)",
+    )
     common.add_argument(
         "--weights", default="imagenet", help="with --backbone: imagenet, none, or a state-dict file"
     )

@@ -82,7 +82,8 @@ class FeatureCache:
 
     def path(self, split: str, key_json: str) -> Path:
         digest = hashlib.sha256(key_json.encode()).hexdigest()[:24]
-        return self.cache_dir / "features" / self.backbone_name / f"{split}-{digest}.safetensors"
+        folder = self.backbone_name.replace("/", "--")  # timm/NAME: one folder, as the Hugging Face cache names repos
+        return self.cache_dir / "features" / folder / f"{split}-{digest}.safetensors"
 
     def get(self, split: str, images: LabelledImages) -> torch.Tensor:
         """Backbone features of ``images`` (a split's images, transform without augmentation),

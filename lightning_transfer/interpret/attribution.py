@@ -184,12 +184,12 @@ def gradcam(
 ) -> torch.Tensor:
     """Grad-CAM heatmaps (N, H, W) in [0, 1] at the input size, for ``target`` class indices.
 
-    Captum ``LayerGradCam`` on the backbone's CAM layer (its last conv output), ReLU'd so only
+    Captum ``LayerGradCam`` on the backbone's CAM layer (its last conv stage's output), ReLU'd so only
     evidence *for* the class shows, upsampled bilinearly and divided by each map's maximum.
     ``target=None`` explains each image's predicted class.
     """
     backbone = model.backbone
-    layer = backbone.layer(backbone.spec.cam_layer)
+    layer = backbone.layer(backbone.cam_layer)
     with eval_mode(model):
         if target is None:
             with torch.no_grad():
