@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from lightning import LightningModule
 from torch import nn
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_transfer.backbones import Backbone, Preprocessing, create_backbone
@@ -108,9 +109,15 @@ class TransferClassifier(LightningModule):
         self.layout = torch.channels_last if channels_last else torch.contiguous_format
         self.backbone.to(memory_format=self.layout)
         self.loss = nn.CrossEntropyLoss()
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        # validate_args and nan checks would make every step wait for the GPU; labels come from the
+        # data module's class folders, so they are always in range
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+        self.train_loss = MeanMetric(nan_strategy="disable")
+        self.val_loss = MeanMetric(nan_strategy="disable")
+        self.test_loss = MeanMetric(nan_strategy="disable")
+        self._logged: set[str] = set()
 
     def init_from_checkpoint(self, path: str) -> None:
         """Copy backbone + head weights from a checkpoint of the same backbone, classes and head."""
@@ -164,6 +171,13 @@ class TransferClassifier(LightningModule):
         """Apply :meth:`train` at every epoch start: Lightning 2.6 never calls it when fitting, and
         fine-tuning stages change which BatchNorm layers are frozen."""
         self.train()
+        self._logged.discard("train")
+
+    def on_validation_epoch_start(self) -> None:
+        self._logged.discard("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._logged.discard("test")
 
     def pool(self, features: torch.Tensor, chunk_size: int = 256) -> torch.Tensor:
         """Backbone features -> float32 input of the head's classifier (the head's ``pool`` step).
@@ -181,24 +195,29 @@ class TransferClassifier(LightningModule):
             return self.head.classifier(batch["pooled_features"])
         return self(batch["image"])
 
-    def _step(self, batch: dict, stage: str, accuracy: MulticlassAccuracy) -> tuple[torch.Tensor, torch.Tensor]:
-        """Loss and accuracy logged per epoch; returns (loss, logits)."""
+    def _step(
+        self, batch: dict, stage: str, mean_loss: MeanMetric, accuracy: MulticlassAccuracy
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss and accuracy accumulated per epoch (over every DDP process); returns (loss, logits)."""
         logits = self.logits(batch)
         loss = self.loss(logits, batch["label"])
         # update, not forward: only epoch values are logged, and forward also computes each batch's own
         accuracy.update(logits, batch["label"])
-        batch_size = len(batch["label"])
-        # sync_dist: under DDP the epoch loss averages all processes' shares, not only rank 0's
-        self.log(f"{stage}_loss", loss, prog_bar=True, on_epoch=True, on_step=False, batch_size=batch_size,
-                 sync_dist=True)
-        self.log(f"{stage}_acc", accuracy, prog_bar=True, on_epoch=True, on_step=False, batch_size=batch_size)
+        # the weight made on the loss's device: a Python number would be copied there at every step
+        mean_loss.update(loss.detach(), weight=torch.full_like(loss.detach(), len(batch["label"])))
+        if stage not in self._logged:
+            # Once per epoch: Lightning computes a logged metric object (syncing processes) and resets it at
+            # the epoch's end, and each self.log call costs about as much as a small head's whole step.
+            self.log(f"{stage}_loss", mean_loss, prog_bar=True, on_epoch=True, on_step=False)
+            self.log(f"{stage}_acc", accuracy, prog_bar=True, on_epoch=True, on_step=False)
+            self._logged.add(stage)
         return loss, logits
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train", self.train_acc)[0]
+        return self._step(batch, "train", self.train_loss, self.train_acc)[0]
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._step(batch, "val", self.val_acc)
+        self._step(batch, "val", self.val_loss, self.val_acc)
 
     @staticmethod
     def probabilities(logits: torch.Tensor) -> torch.Tensor:
@@ -208,7 +227,7 @@ class TransferClassifier(LightningModule):
 
     def test_step(self, batch: dict, batch_idx: int) -> dict:
         """Returns probabilities and labels so callbacks (the test report) see every prediction."""
-        _, logits = self._step(batch, "test", self.test_acc)
+        _, logits = self._step(batch, "test", self.test_loss, self.test_acc)
         return {"probabilities": self.probabilities(logits), "label": batch["label"]}
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
