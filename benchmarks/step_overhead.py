@@ -21,12 +21,6 @@ import warnings
 from pathlib import Path
 
 import torch
-from lightning import Trainer
-
-from lightning_transfer import TransferClassifier
-from lightning_transfer.callbacks import last_epoch_checkpoint
-from lightning_transfer.data.device_batches import DeviceBatches
-from lightning_transfer.features import FeatureDataset
 
 VARIANTS = {
     "as the CLI runs it": {"enable_progress_bar": True, "logger": True, "checkpoint": True},
@@ -36,19 +30,25 @@ VARIANTS = {
 }
 
 
-def make_model(args: argparse.Namespace, device: torch.device) -> TransferClassifier:
+def make_model(args: argparse.Namespace, device: torch.device):
+    from lightning_transfer import TransferClassifier
+
     torch.manual_seed(0)
     return TransferClassifier(backbone=args.backbone, weights="none", class_names=["cat", "dog"],
                               image_size=args.image_size, pool=args.pool).to(device)
 
 
-def features_for(model: TransferClassifier, rows: int, device: torch.device) -> FeatureDataset:
-    """Random pooled features shaped like the model's, with labels, on ``device``."""
+def batches_for(model, rows: int, batch_size: int, device: torch.device):
+    """Shuffled ``DeviceBatches`` of random pooled features shaped like the model's, with labels, on ``device``."""
+    from lightning_transfer.data.device_batches import DeviceBatches
+    from lightning_transfer.features import FeatureDataset
+
     in_features = model.head.classifier[0].in_features
     generator = torch.Generator().manual_seed(0)
     pooled = torch.randn(rows, in_features, generator=generator).to(device)
     labels = torch.randint(0, 2, (rows,), generator=generator).tolist()
-    return FeatureDataset(pooled, [f"{index}.jpg" for index in range(rows)], labels)
+    features = FeatureDataset(pooled, [f"{index}.jpg" for index in range(rows)], labels)
+    return DeviceBatches(features, batch_size, shuffle=True)
 
 
 def sync(device: torch.device) -> None:
@@ -59,7 +59,7 @@ def sync(device: torch.device) -> None:
 def bare_loop(args: argparse.Namespace, device: torch.device, steps: int) -> float:
     """Seconds for ``steps`` steps of the plain loop (after one untimed step)."""
     model = make_model(args, device).train()
-    batches = DeviceBatches(features_for(model, steps * args.batch_size, device), args.batch_size, shuffle=True)
+    batches = batches_for(model, steps * args.batch_size, args.batch_size, device)
     optimizer = torch.optim.RMSprop([p for p in model.parameters() if p.requires_grad], lr=model.hparams.lr)
     loss_fn = torch.nn.CrossEntropyLoss()
     sync(device)
@@ -75,8 +75,12 @@ def bare_loop(args: argparse.Namespace, device: torch.device, steps: int) -> flo
 
 def lightning_fit(args: argparse.Namespace, device: torch.device, steps: int, variant: dict) -> float:
     """Seconds of ``Trainer.fit`` for one epoch of ``steps`` steps, without validation."""
+    from lightning import Trainer
+
+    from lightning_transfer.callbacks import last_epoch_checkpoint
+
     model = make_model(args, device)
-    batches = DeviceBatches(features_for(model, steps * args.batch_size, device), args.batch_size, shuffle=True)
+    batches = batches_for(model, steps * args.batch_size, args.batch_size, device)
     with tempfile.TemporaryDirectory() as scratch:
         trainer = Trainer(
             accelerator=device.type, devices=1, max_epochs=1, default_root_dir=scratch,

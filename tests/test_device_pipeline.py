@@ -115,14 +115,15 @@ def test_auto_takes_the_device_when_it_fits_and_says_why() -> None:
         "data.pipeline auto: workers (5,120 MB of decoded images, budget 4,096 MB: more than "
         "data.device_memory_fraction 0.5 of the 8,192 MB free on cuda:0)"
     )
-    choice, message = choose_pipeline("auto", cpu, needed=GB, fraction=0.5, free=8 * GB, extraction=False)
+    choice, message = choose_pipeline("auto", cpu, needed=GB, fraction=0.5, free=8 * GB, extraction=True)
     assert choice == "workers" and message.startswith("data.pipeline auto: workers (the model is on cpu;")
-    assert choice_of("auto", cpu, extraction=True) == "device"  # fast feature extraction on a CPU
-    assert choice_of("workers", cuda, extraction=False) == "workers"
+    choice, message = choose_pipeline("auto", cuda, needed=GB, fraction=0.5, free=8 * GB, extraction=True)
+    assert choice == "device" and message.startswith("data.pipeline auto: device (feature extraction reads")
+    assert choice_of("workers", cuda) == "workers" and choice_of("device", cpu) == "device"
 
 
-def choice_of(requested: str, device: torch.device, extraction: bool) -> str:
-    return choose_pipeline(requested, device, needed=GB, fraction=0.5, free=8 * GB, extraction=extraction)[0]
+def choice_of(requested: str, device: torch.device) -> str:
+    return choose_pipeline(requested, device, needed=GB, fraction=0.5, free=8 * GB, extraction=False)[0]
 
 
 def test_an_explicit_device_pipeline_that_does_not_fit_stops_in_one_line() -> None:

@@ -68,7 +68,7 @@ class ImageFolderDataModule(LightningDataModule):
         pipeline: ``workers``: loader processes decode and augment every image every epoch;
             ``device``: each split decoded once into a uint8 tensor on the model's device, batches
             drawn and augmented there (each DDP process holds its own shard); ``auto``: ``device``
-            on a GPU, or for fast feature extraction, when it fits, else ``workers``. Not for predict.
+            when the model is on a CUDA GPU and it fits, else ``workers``. Not for predict.
         device_memory_fraction: the device pipeline's budget, a fraction of the memory free on the
             model's device (host memory on the CPU).
         keep_decoded: retired; ``pipeline device`` keeps every split decoded in memory.
@@ -286,8 +286,9 @@ class ImageFolderDataModule(LightningDataModule):
             batch_size = self.batch_size if shuffle else dataset.eval_batch_size(self.batch_size, limit)
             return DeviceBatches(dataset, batch_size, shuffle)
         if split != "predict" and self._pipeline() == "device":
-            return self.pipeline.batches(dataset.paths, dataset.labels, split, self.trainer, self.preprocessing,
-                                         self.image_size, self.batch_size, shuffle, self.augment and split == "train")
+            return self.pipeline.batches(dataset.paths, dataset.labels, split, Placement.of(self.trainer),
+                                         self.preprocessing, self.image_size, self.batch_size, shuffle,
+                                         self.augment and split == "train")
         # keywords only: Lightning rebuilds DataLoaders (predict, DDP) from the arguments they were given
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())

@@ -1,11 +1,11 @@
 """Which input pipeline a run uses (``data.pipeline``): loader worker processes that decode and
 augment every epoch, or splits decoded once and held on the model's device; and assembling the latter.
 
-The device pipeline wins wherever the model is fast enough to wait on JPEG decoding: on a GPU (the
-workers pipeline fed an H200 a few percent of what it computes), and for fast feature extraction
-on a CPU, where the model then gets every core instead of sharing them with loader workers
-(docs/performance.md). Augmented training on a CPU keeps the workers by default: there the model's
-own arithmetic dominates.
+The device pipeline pays where the model is fast enough to wait on JPEG decoding: on a GPU, which
+loader workers fed a few percent of what it computes. On a CPU ``auto`` keeps the workers: there the
+model's own arithmetic dominates, and running it with every core (no cores left to workers) was no
+faster on a busy shared machine, where OpenMP threads spin-wait for cores that other jobs hold
+(docs/performance.md, section 7). ``data.pipeline device`` runs on a CPU as well.
 """
 
 from __future__ import annotations
@@ -90,7 +90,8 @@ def choose_pipeline(
 
     ``needed``: bytes the decoded images take on ``device``; ``free``: what ``free_memory`` found
     there (None: unknown, no limit); the budget is ``fraction`` of it. ``extraction``: the images
-    only feed fast feature extraction. An explicit ``device`` that does not fit is a UserError.
+    only feed fast feature extraction (said in the line). An explicit ``device`` that does not fit
+    is a UserError.
     """
     budget = None if free is None else int(free * fraction)
     fits = budget is None or needed <= budget
@@ -105,11 +106,8 @@ def choose_pipeline(
                 "or use data.pipeline workers"
             )
         return "device", None
-    if not (device.type == "cuda" or (device.type == "cpu" and extraction)):
-        return "workers", (
-            f"data.pipeline auto: workers (the model is on {device}; decoding once onto the device pays on "
-            "a GPU and for feature extraction)"
-        )
+    if device.type != "cuda":
+        return "workers", f"data.pipeline auto: workers (the model is on {device}; decoding once onto it pays on a GPU)"
     room = f"{_mb(needed)} of decoded images" + ("" if budget is None else f", budget {_mb(budget)}")
     if not fits:
         return "workers", (
@@ -158,7 +156,7 @@ class InputPipeline:
         paths: Sequence[Path],
         labels: Sequence[int],
         name: str,
-        trainer: Any | None,
+        placement: Placement,
         preprocessing: Preprocessing,
         image_size: int,
         batch_size: int,
@@ -166,7 +164,6 @@ class InputPipeline:
         augment: bool,
     ) -> DeviceBatches:
         """This process's shard of a split, decoded once on its device, as batches of model input."""
-        placement = Placement.of(trainer)
         shard = placement.shard(len(paths))
         decoded = DecodedSplit([paths[i] for i in shard], [labels[i] for i in shard], preprocessing, image_size,
                                placement.device, name=name)
