@@ -32,7 +32,7 @@ def epoch_speeds(args: argparse.Namespace, pipeline: str) -> list[float]:
     images = data.datasets["train"]
     if pipeline == "device":  # what the data module builds on a trainer whose model is on args.device
         placement = Placement(device=torch.device(args.device))
-        loader = data.pipeline.batches(images.paths, images.labels, "train", placement, data.preprocessing,
+        loader = data.input_pipeline.batches(images.paths, images.labels, "train", placement, data.preprocessing,
                                        args.image_size, args.batch_size, shuffle=True, augment=True)
     else:
         loader = data.train_dataloader()  # persistent workers

@@ -210,7 +210,10 @@ def book_recipe(args, root: Path, batch_size: int, scratch: Path) -> tuple[float
     ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     start = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=args.book_timeout)
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=args.book_timeout)
+    except subprocess.TimeoutExpired:
+        return time.perf_counter() - start, f"stopped after {args.book_timeout} s"
     seconds = time.perf_counter() - start
     if result.returncode != 0:
         return seconds, "FAILED: " + result.stderr.strip().splitlines()[-1][:200]

@@ -18,6 +18,7 @@ from test_reliability_images import make_broken, make_unusual
 from conftest import REPO, make_tiny_dataset
 from lightning_transfer import ImageFolderDataModule, TransferClassifier, UserError
 from lightning_transfer.backbones import create_backbone, get_spec
+from lightning_transfer.callbacks import last_epoch_checkpoint
 from lightning_transfer.data import ImageFiles
 from lightning_transfer.data.decoded_split import DecodedSplit
 from lightning_transfer.data.device_augment import BatchTransform
@@ -192,6 +193,24 @@ def test_fit_with_the_device_pipeline_on_the_cpu(tiny_data: Path, tmp_path: Path
     assert {"train_loss", "train_acc", "val_loss", "val_acc"} <= set(trainer.callback_metrics)
     (validated,) = trainer.validate(model, module, verbose=False)  # loaders built under inference mode
     assert 0 <= validated["val_acc"] <= 1
+
+
+def test_a_device_pipeline_fit_resumes_from_its_last_checkpoint(tiny_data: Path, tmp_path: Path) -> None:
+    def fit(epochs: int, ckpt_path: Path | None = None) -> Trainer:
+        seed_everything(0)
+        model = TransferClassifier(backbone="efficientnet_lite0", weights="none", class_names=["cat", "dog"],
+                                   image_size=32, pool="avg", head_hidden=8)
+        module = ImageFolderDataModule(str(tiny_data), image_size=32, batch_size=8, num_workers=0, augment=True,
+                                       pipeline="device", backbone="efficientnet_lite0")
+        trainer = Trainer(accelerator="cpu", max_epochs=epochs, logger=False, enable_progress_bar=False,
+                          enable_model_summary=False, callbacks=[last_epoch_checkpoint(tmp_path)])
+        trainer.fit(model, module, ckpt_path=ckpt_path)
+        return trainer
+
+    fit(1)
+    resumed = fit(2, tmp_path / "last.ckpt")
+    assert resumed.current_epoch == 2 and resumed.global_step == 4  # 16 images at batch 8, two epochs in all
+    assert torch.load(tmp_path / "last.ckpt", weights_only=True)["epoch"] == 1
 
 
 DDP_SCRIPT = """

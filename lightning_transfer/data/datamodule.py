@@ -122,7 +122,7 @@ class ImageFolderDataModule(LightningDataModule):
         self.preprocessing: Preprocessing = get_spec(backbone).preprocessing
         self.max_images_per_class = max_images_per_class
         self.predict_path = predict_path
-        self.pipeline = InputPipeline(pipeline, device_memory_fraction, keep_decoded)
+        self.input_pipeline = InputPipeline(pipeline, device_memory_fraction, keep_decoded)
         self.url = url
         self.md5 = md5
         self.on_bad_image = on_bad_image
@@ -264,7 +264,7 @@ class ImageFolderDataModule(LightningDataModule):
             torch.set_num_threads(1)
 
     def teardown(self, stage: str) -> None:
-        self.pipeline.reset()
+        self.input_pipeline.reset()
         if self._threads_before_features is not None:
             torch.set_num_threads(self._threads_before_features)
             self._threads_before_features = None
@@ -275,7 +275,7 @@ class ImageFolderDataModule(LightningDataModule):
 
     def _pipeline(self) -> str:
         counts = [len(images) for images in self._image_splits().values()]
-        return self.pipeline.choose(self.trainer, counts, self.image_size, extraction=self.cache_features)
+        return self.input_pipeline.choose(self.trainer, counts, self.image_size, extraction=self.cache_features)
 
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader | DeviceBatches:
         if self.cache_features:
@@ -286,9 +286,10 @@ class ImageFolderDataModule(LightningDataModule):
             batch_size = self.batch_size if shuffle else dataset.eval_batch_size(self.batch_size, limit)
             return DeviceBatches(dataset, batch_size, shuffle)
         if split != "predict" and self._pipeline() == "device":
-            return self.pipeline.batches(dataset.paths, dataset.labels, split, Placement.of(self.trainer),
-                                         self.preprocessing, self.image_size, self.batch_size, shuffle,
-                                         self.augment and split == "train")
+            return self.input_pipeline.batches(
+                dataset.paths, dataset.labels, split, Placement.of(self.trainer), self.preprocessing,
+                self.image_size, self.batch_size, shuffle, self.augment and split == "train",
+            )
         # keywords only: Lightning rebuilds DataLoaders (predict, DDP) from the arguments they were given
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())

@@ -33,7 +33,7 @@ def decoded_bytes(count: int, image_size: int) -> int:
 
 
 def _plain_jpeg(path: Path) -> bool:
-    """Whether nvjpeg decodes ``path`` as the model would see it: a baseline RGB or grayscale JPEG
+    """Whether nvjpeg decodes ``path`` as the model would see it: an RGB or grayscale JPEG
     without an EXIF rotation (nvjpeg applies none). The header alone tells; the rest go through PIL."""
     try:
         with Image.open(path) as image:
@@ -84,10 +84,6 @@ class DecodedSplit(Dataset):
 
     def __len__(self) -> int:
         return len(self.paths)
-
-    @property
-    def nbytes(self) -> int:
-        return decoded_bytes(len(self), self.image_size)
 
     @property
     def pixels(self) -> torch.Tensor:

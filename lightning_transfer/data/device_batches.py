@@ -8,7 +8,7 @@ only into ``DataLoader`` objects, so under DDP the data module gives each proces
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 import torch
@@ -41,9 +41,9 @@ class DeviceBatches:
 
     Shuffled orders come from a ``torch.Generator`` on the split's device, seeded once from torch's
     global generator, so ``seed_everything`` reproduces them and every epoch (every ``iter``) gets a
-    new one. ``transform`` turns each batch's ``"image"`` into model input (``device_augment``);
-    ``with_paths`` adds the batch's file paths, which costs a device-to-host copy of the indices.
-    ``dataset`` is the split itself, as on a DataLoader (``GradCamLogger`` reads items from it).
+    new one. ``transform`` turns each batch's ``"image"`` into model input (``device_augment``).
+    Batches carry no file paths, which would cost a device-to-host copy of the indices at every
+    step; ``dataset`` is the split itself, as on a DataLoader (``GradCamLogger`` reads items from it).
     """
 
     def __init__(
@@ -52,13 +52,10 @@ class DeviceBatches:
         batch_size: int,
         shuffle: bool = False,
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        with_paths: bool = False,
     ) -> None:
         self.dataset = split
         self.batch_size = batch_size
-        self.shuffle = shuffle
         self.transform = transform
-        self.with_paths = with_paths
         self._seed = int(torch.randint(0, 2**62, (1,))) if shuffle else None
         self._fields: dict[str, torch.Tensor] | None = None
         self._generator: torch.Generator | None = None
@@ -89,7 +86,4 @@ class DeviceBatches:
         batch = {name: tensor[index] for name, tensor in fields.items()}
         if self.transform is not None:
             batch["image"] = self.transform(batch["image"])
-        if self.with_paths:
-            rows: Sequence[int] = index.tolist() if isinstance(index, torch.Tensor) else range(index.start, index.stop)
-            batch["path"] = [str(self.dataset.paths[row]) for row in rows]
         return batch
