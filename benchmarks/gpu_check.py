@@ -122,7 +122,7 @@ def ceiling_cpu_loader(args, root: Path) -> float:
 
     from lightning_transfer.data import ImageFolderDataModule
 
-    data = ImageFolderDataModule(str(root), image_size=150, num_workers=args.workers, pipeline="workers")
+    data = ImageFolderDataModule(str(root), image_size=args.image_size, num_workers=args.workers, pipeline="workers")
     data.setup("fit")
     loader = DataLoader(data.datasets["train"], batch_size=args.batch_size, num_workers=args.workers)
     return len(data.datasets["train"]) / timed(args.device, lambda: sum(1 for _ in loader))
@@ -199,7 +199,7 @@ def book_root(shipped: Path, images: int, scratch: Path) -> Path:
 
 
 def book_recipe(args, root: Path, batch_size: int, scratch: Path) -> tuple[float, str]:
-    """Wall time of the whole ``lightning-transfer fit`` command of experiment 2, and its last line."""
+    """Wall time of the whole ``lightning-transfer fit`` command of experiment 2, and how it ended."""
     config = REPO / "configs" / "vgg16_feature_extraction_augmented.yaml"
     command = [
         sys.executable, "-m", "lightning_transfer", "fit", "--config", str(config),

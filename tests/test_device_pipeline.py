@@ -116,10 +116,13 @@ def test_auto_takes_the_device_when_it_fits_and_says_why() -> None:
         "data.pipeline auto: workers (5,120 MB of decoded images, budget 4,096 MB: more than "
         "data.device_memory_fraction 0.5 of the 8,192 MB free on cuda:0)"
     )
-    choice, message = choose_pipeline("auto", cpu, needed=GB, fraction=0.5, free=8 * GB, extraction=True)
+    choice, message = choose_pipeline("auto", cpu, needed=GB, fraction=0.5, free=8 * GB, extraction=False)
     assert choice == "workers" and message.startswith("data.pipeline auto: workers (the model is on cpu;")
-    choice, message = choose_pipeline("auto", cuda, needed=GB, fraction=0.5, free=8 * GB, extraction=True)
-    assert choice == "device" and message.startswith("data.pipeline auto: device (feature extraction reads")
+    choice, message = choose_pipeline("auto", cpu, needed=GB, fraction=0.5, free=8 * GB, extraction=True)
+    assert choice == "device" and message == (  # fast feature extraction on a CPU: every core for the model
+        "data.pipeline auto: device (feature extraction reads images decoded once on cpu; "
+        "1,024 MB of decoded images, budget 4,096 MB)"
+    )
     assert choice_of("workers", cuda) == "workers" and choice_of("device", cpu) == "device"
 
 

@@ -68,7 +68,7 @@ class ImageFolderDataModule(LightningDataModule):
         pipeline: ``workers``: loader processes decode and augment every image every epoch;
             ``device``: each split decoded once into a uint8 tensor on the model's device, batches
             drawn and augmented there (each DDP process holds its own shard); ``auto``: ``device``
-            when the model is on a CUDA GPU and it fits, else ``workers``. Not for predict.
+            on a CUDA GPU, or for fast feature extraction, when it fits, else ``workers``. Not for predict.
         device_memory_fraction: the device pipeline's budget, a fraction of the memory free on the
             model's device (host memory on the CPU).
         keep_decoded: retired; ``pipeline device`` keeps every split decoded in memory.

@@ -2,10 +2,10 @@
 augment every epoch, or splits decoded once and held on the model's device; and assembling the latter.
 
 The device pipeline pays where the model is fast enough to wait on JPEG decoding: on a GPU, which
-loader workers fed a few percent of what it computes. On a CPU ``auto`` keeps the workers: there the
-model's own arithmetic dominates, and running it with every core (no cores left to workers) was no
-faster on a busy shared machine, where OpenMP threads spin-wait for cores that other jobs hold
-(docs/performance.md, section 7). ``data.pipeline device`` runs on a CPU as well.
+loader workers fed a few percent of what it computes, and for fast feature extraction on a CPU,
+where the conv base then runs with every core instead of leaving cores to loader workers (1.9x the
+workers' speed, docs/performance.md section 7). Augmented training on a CPU keeps the workers: the
+model's own arithmetic dominates there, and that is what every CPU measurement was made with.
 """
 
 from __future__ import annotations
@@ -106,8 +106,11 @@ def choose_pipeline(
                 "or use data.pipeline workers"
             )
         return "device", None
-    if device.type != "cuda":
-        return "workers", f"data.pipeline auto: workers (the model is on {device}; decoding once onto it pays on a GPU)"
+    if not (device.type == "cuda" or (device.type == "cpu" and extraction)):
+        return "workers", (
+            f"data.pipeline auto: workers (the model is on {device}; decoding once onto the device pays on "
+            "a GPU and for feature extraction)"
+        )
     room = f"{_mb(needed)} of decoded images" + ("" if budget is None else f", budget {_mb(budget)}")
     if not fits:
         return "workers", (
