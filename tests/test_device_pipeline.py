@@ -192,6 +192,7 @@ def test_fit_with_the_device_pipeline_on_the_cpu(tiny_data: Path, tmp_path: Path
                       enable_model_summary=False)
     trainer.fit(model, module)
     assert isinstance(trainer.train_dataloader, DeviceBatches)
+    assert Path(trainer.val_dataloaders.dataset[0]["path"]).is_file()  # what GradCamLogger reads
     assert trainer.fit_loop.epoch_loop.global_step == 2
     assert {"train_loss", "train_acc", "val_loss", "val_acc"} <= set(trainer.callback_metrics)
     (validated,) = trainer.validate(model, module, verbose=False)  # loaders built under inference mode
