@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
@@ -22,6 +22,9 @@ from lightning_transfer.data.decoded_split import DecodedSplit, decoded_bytes
 from lightning_transfer.data.device_augment import BatchTransform
 from lightning_transfer.data.device_batches import DeviceBatches, shard_indices
 from lightning_transfer.utils.errors import UserError
+
+if TYPE_CHECKING:
+    from lightning import Trainer
 
 Pipeline = Literal["auto", "workers", "device"]
 
@@ -39,7 +42,7 @@ class Placement:
     processes_per_node: int = 1
 
     @classmethod
-    def of(cls, trainer: Any | None) -> Placement:
+    def of(cls, trainer: Trainer | None) -> Placement:
         """From a Lightning Trainer's public attributes (the data module does not reach for the model)."""
         if trainer is None:
             return cls()
@@ -137,7 +140,7 @@ class InputPipeline:
         self.device_memory_fraction = device_memory_fraction
         self.chosen: Literal["workers", "device"] | None = None
 
-    def choose(self, trainer: Any | None, counts: Sequence[int], image_size: int, extraction: bool) -> str:
+    def choose(self, trainer: Trainer | None, counts: Sequence[int], image_size: int, extraction: bool) -> str:
         """``workers`` or ``device`` for splits of ``counts`` images; ``auto`` says why, from rank 0."""
         if self.chosen is None:
             placement = Placement.of(trainer)
