@@ -26,12 +26,13 @@ DEFAULT_ROOT = REPO.parent / "shared" / "datasets" / "cats_vs_dogs_small"
 
 
 def best_val_acc(run_dir: Path) -> float:
-    """The ModelCheckpoint's best score, read back from the run's last.ckpt."""
+    """The best-val_acc ModelCheckpoint's score, read back from the run's last.ckpt (the last-epoch
+    checkpoint callback has no monitor, so its score is None)."""
     from lightning_transfer import read_checkpoint
 
     (last,) = run_dir.glob("checkpoints/last*.ckpt")
-    states = read_checkpoint(last)["callbacks"].values()
-    return next(float(state["best_model_score"]) for state in states if "best_model_score" in state)
+    scores = [state.get("best_model_score") for state in read_checkpoint(last)["callbacks"].values()]
+    return next(float(score) for score in scores if score is not None)
 
 
 def timing_feature_cache(seconds: list[float]) -> None:

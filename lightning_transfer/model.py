@@ -122,12 +122,17 @@ class TransferClassifier(LightningModule):
         self.layout = torch.channels_last if channels_last else torch.contiguous_format
         self.backbone.to(memory_format=self.layout)
         self.loss = nn.CrossEntropyLoss()
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        # validate_args and nan checks would make every step wait for the GPU; labels come from the
+        # data module's class folders, so they are always in range
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         # epoch losses as torchmetrics means, summed over processes exactly: Lightning's own mean under
         # sync_dist divides the image count in integers, wrong when processes' shares differ by one
-        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        self.train_loss = MeanMetric(nan_strategy="disable")
+        self.val_loss = MeanMetric(nan_strategy="disable")
+        self.test_loss = MeanMetric(nan_strategy="disable")
+        self._logged: set[str] = set()
         self._schedule_steps: int | None = None  # this fit's plan (schedule_steps), saved in checkpoints
         self._resumed_schedule_steps: int | None = None  # the plan of the checkpoint a fit resumes from
 
@@ -185,6 +190,13 @@ class TransferClassifier(LightningModule):
         """Apply :meth:`train` at every epoch start: Lightning 2.6 never calls it when fitting, and
         fine-tuning stages change which BatchNorm layers are frozen."""
         self.train()
+        self._logged.discard("train")
+
+    def on_validation_epoch_start(self) -> None:
+        self._logged.discard("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._logged.discard("test")
 
     def pool(self, features: torch.Tensor, chunk_size: int = 256) -> torch.Tensor:
         """Backbone features -> float32 input of the head's classifier (the head's ``pool`` step).
@@ -203,15 +215,20 @@ class TransferClassifier(LightningModule):
         return self(batch["image"])
 
     def _step(self, batch: dict, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Loss and accuracy logged per epoch, over every process's share; returns (loss, logits)."""
+        """Loss and accuracy accumulated per epoch, over every process's share; returns (loss, logits)."""
         logits = self.logits(batch)
         loss = self.loss(logits, batch["label"])
         mean_loss, accuracy = getattr(self, f"{stage}_loss"), getattr(self, f"{stage}_acc")
-        # update, not forward: only epoch values are logged, and forward also computes each batch's own
-        mean_loss.update(loss.detach(), weight=len(batch["label"]))
+        # update, not forward: only epoch values are logged, and forward also computes each batch's own;
+        # the weight is made on the loss's device: a Python number would be copied there at every step
+        mean_loss.update(loss.detach(), weight=torch.full_like(loss.detach(), len(batch["label"])))
         accuracy.update(logits, batch["label"])
-        self.log(f"{stage}_loss", mean_loss, prog_bar=True, on_epoch=True, on_step=False)
-        self.log(f"{stage}_acc", accuracy, prog_bar=True, on_epoch=True, on_step=False)
+        if stage not in self._logged:
+            # Once per epoch: Lightning computes a logged metric object (syncing processes) and resets it at
+            # the epoch's end, and each self.log call costs about as much as a small head's whole step.
+            self.log(f"{stage}_loss", mean_loss, prog_bar=True, on_epoch=True, on_step=False)
+            self.log(f"{stage}_acc", accuracy, prog_bar=True, on_epoch=True, on_step=False)
+            self._logged.add(stage)
         return loss, logits
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import csv
-import pickle
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +17,6 @@ from conftest import REPO, TINY_SIZE, channels_last_kernels, make_tiny_dataset, 
 from lightning_transfer import ImageFolderDataModule, TransferClassifier, UserError, create_backbone, load_model
 from lightning_transfer.backbones import get_spec, load_source
 from lightning_transfer.data import load_rgb
-from lightning_transfer.data.decoded import SharedImageStore
 
 
 def test_vgg16_loads_imagenet_weights_through_torchvision_cache(planted_vgg16_weights):
@@ -222,64 +219,3 @@ def test_channels_last_model_gives_the_same_logits():
     images = torch.randn(3, 3, TINY_SIZE, TINY_SIZE)
     with torch.no_grad():
         torch.testing.assert_close(fast(images), plain(images), rtol=1e-4, atol=1e-5)
-
-
-def test_keep_decoded_reads_each_file_once_with_the_same_pixels(tiny_data, monkeypatch):
-    """Augmented epochs from decoded uint8 tensors: one decode per file, identical eval pixels."""
-    import lightning_transfer.data.datasets as data_module
-
-    plain = ImageFolderDataModule(root=str(tiny_data), image_size=48, num_workers=0)
-    kept = ImageFolderDataModule(root=str(tiny_data), image_size=48, num_workers=0, keep_decoded=True, augment=True)
-    plain.setup("fit")
-    kept.setup("fit")
-    for index in range(len(plain.datasets["val"])):
-        assert torch.equal(plain.datasets["val"][index]["image"], kept.datasets["val"][index]["image"])
-
-    reads: list[str] = []
-    real_load_rgb = data_module.load_rgb
-    monkeypatch.setattr(data_module, "load_rgb", lambda path: reads.append(str(path)) or real_load_rgb(path))
-    train = kept.datasets["train"]
-    first = [train[index]["image"] for index in range(len(train))]
-    second = [train[index]["image"] for index in range(len(train))]
-    assert sorted(reads) == sorted(str(path) for path in train.paths)  # epoch 2 decoded nothing
-    assert any(not torch.equal(a, b) for a, b in zip(first, second))  # still augmented afresh
-
-
-@pytest.mark.skipif(sys.platform != "linux", reason="workers share kept images where they are forked (Linux)")
-def test_keep_decoded_is_shared_by_loader_workers(tiny_data, tmp_path, monkeypatch):
-    """An image any worker decoded is there for every worker: epoch 2 of a shuffled 2-worker loader
-    decodes nothing, and the main process holds every image, pixel for pixel."""
-    import lightning_transfer.data.datasets as data_module
-
-    log = tmp_path / "reads.txt"  # forked workers inherit the patch and append here
-    real_load_rgb = data_module.load_rgb
-
-    def logged_load_rgb(path):
-        with log.open("a") as file:
-            file.write(f"{path}\n")
-        return real_load_rgb(path)
-
-    monkeypatch.setattr(data_module, "load_rgb", logged_load_rgb)
-    kept = ImageFolderDataModule(root=str(tiny_data), image_size=48, num_workers=2, batch_size=2,
-                                 keep_decoded=True, augment=True)
-    kept.setup("fit")
-    loader = kept.train_dataloader()
-    train = kept.datasets["train"]
-    assert sum(len(batch["label"]) for batch in loader) == len(train)
-    assert sorted(log.read_text().split()) == sorted(str(path) for path in train.paths)
-    log.unlink()
-    assert sum(len(batch["label"]) for batch in loader) == len(train)
-    assert not log.exists()  # epoch 2: no worker decoded anything
-    assert train.decoded.filled() == len(train)
-    for index in (0, len(train) - 1):
-        decoded = kept.preprocessing.resize(48)(v2.functional.pil_to_tensor(real_load_rgb(train.paths[index])))
-        assert torch.equal(train.decoded.get(index), decoded)
-
-
-def test_keep_decoded_store_unpickles_empty():
-    """Spawned workers get the store pickled: each starts an empty one of the same shape."""
-    store = SharedImageStore(3, 4, 5)
-    store.put(1, torch.full((3, 4, 5), 7, dtype=torch.uint8))
-    assert store.filled() == 1 and store.get(0) is None
-    copy = pickle.loads(pickle.dumps(store))
-    assert copy.shape == store.shape and copy.filled() == 0

@@ -1,15 +1,16 @@
 """``ImageFolderDataModule``: image folders -> datasets -> loaders, for every stage and recipe.
 
 Images are decoded to RGB (EXIF orientation applied), squashed to ``image_size`` like Keras'
-``target_size``, augmented as uint8 tensors when asked, then normalized with the backbone's own
-preprocessing. With ``cache_features`` the loaders serve the model's cached, pooled backbone
-features instead (``lightning_transfer.features``).
+``target_size``, augmented when asked, then normalized with the backbone's own preprocessing:
+either by loader worker processes, image by image, every epoch (``pipeline workers``), or once per
+split into a tensor on the model's device that batches are drawn from and augmented on
+(``pipeline device``; ``pipeline``). With ``cache_features`` the loaders serve the model's cached,
+pooled backbone features instead (``lightning_transfer.features``), from the model's device.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import torch
@@ -19,6 +20,8 @@ from torchvision.transforms import v2
 
 from lightning_transfer.backbones import Preprocessing, get_spec
 from lightning_transfer.data.datasets import ImageFiles
+from lightning_transfer.data.decoded_split import DecodedSplit
+from lightning_transfer.data.device_batches import DeviceBatches
 from lightning_transfer.data.download import ensure_dataset
 from lightning_transfer.data.folders import (
     NO_DATA_ROOT,
@@ -29,6 +32,7 @@ from lightning_transfer.data.folders import (
     non_image_files,
 )
 from lightning_transfer.data.image_check import OnBadImage, find_bad_images, screen_images
+from lightning_transfer.data.pipeline import InputPipeline, Pipeline, Placement
 from lightning_transfer.data.sharding import check_shares, evaluation_sampler
 from lightning_transfer.data.transforms import augmentation
 from lightning_transfer.features import (
@@ -64,9 +68,13 @@ class ImageFolderDataModule(LightningDataModule):
         backbone: whose preprocessing (mean/std, resize filter) to apply; linked from the model.
         max_images_per_class: use only the first N images of each class per split (quick runs).
         predict_path: image file or folder for ``lightning-transfer predict``.
-        keep_decoded: keep each image decoded and resized in memory after its first read, so later
-            epochs skip JPEG decoding (uint8, about 150 KB per image at 224 px). On Linux the loader's
-            workers share one copy; elsewhere, and in each DDP process, every process keeps its own.
+        pipeline: ``workers``: loader processes decode and augment every image every epoch;
+            ``device``: each split decoded once into a uint8 tensor on the model's device, batches
+            drawn and augmented there (each DDP process holds its own shard); ``auto``: ``device``
+            on a CUDA GPU, or for fast feature extraction, when it fits, else ``workers``. Not for predict.
+        device_memory_fraction: the device pipeline's budget, a fraction of the memory free on the
+            model's device (host memory on the CPU).
+        keep_decoded: retired; ``pipeline device`` keeps every split decoded in memory.
         url: archive (zip or tar) to download and extract into ``root`` when ``root`` has no
             ``train/`` yet (e.g. ``lightning_transfer.data.download.CATS_AND_DOGS_FILTERED_URL``).
         md5: the archive's MD5 checksum; a download that does not match is refused.
@@ -91,7 +99,9 @@ class ImageFolderDataModule(LightningDataModule):
         backbone: str = "vgg16",
         max_images_per_class: int | None = None,
         predict_path: str | None = None,
-        keep_decoded: bool = False,
+        pipeline: Pipeline = "auto",
+        device_memory_fraction: float = 0.5,
+        keep_decoded: bool | None = None,
         url: str | None = None,
         md5: str | None = None,
         on_bad_image: OnBadImage = "skip",
@@ -115,7 +125,7 @@ class ImageFolderDataModule(LightningDataModule):
         self.preprocessing: Preprocessing = get_spec(backbone).preprocessing
         self.max_images_per_class = max_images_per_class
         self.predict_path = predict_path
-        self.keep_decoded = keep_decoded
+        self.input_pipeline = InputPipeline(pipeline, device_memory_fraction, keep_decoded)
         self.url = url
         self.md5 = md5
         self.on_bad_image = on_bad_image
@@ -191,8 +201,7 @@ class ImageFolderDataModule(LightningDataModule):
         if split in EVALUATED_AS:  # one unrepeated share per process (evaluation_sampler)
             check_shares(len(samples), self.trainer, EVALUATED_AS[split])
         paths, labels = zip(*samples)
-        decode_once = self.preprocessing.resize(self.image_size) if self.keep_decoded else None
-        return ImageFiles(paths, labels, self.transform(train=split == "train"), decode_once)
+        return ImageFiles(paths, labels, self.transform(train=split == "train"))
 
     def setup(self, stage: str) -> None:
         if self.cache_features and stage != "predict":
@@ -226,72 +235,79 @@ class ImageFolderDataModule(LightningDataModule):
         return self.feature_source
 
     def _use_cached_features(self) -> None:
-        """Swap this stage's image sets for their cached features (extracted on a miss), pooled, once.
+        """Swap this stage's image sets for their cached features (extracted on a miss), pooled, once,
+        and each process's shard of them on the model's device.
 
         Done in the first dataloader hook rather than ``setup``: Lightning restores ``--ckpt_path``
         weights after ``setup``, and the features must come from the weights that will be used.
         Then torch goes single-threaded until ``teardown``: the head's ops on in-memory features are
         so small that intra-op threads only add synchronization (docs/performance.md).
         """
-        splits = {
-            split: images
-            for split, images in self.datasets.items()
-            if isinstance(images, ImageFiles) and split != "predict"
-        }
+        splits = self._image_splits()
         if not splits:
             return
-        source, trainer = self._feature_source(), self.trainer
-        extractor = FeatureExtractor(source.backbone, self.extraction_dtype, self.batch_size, self.num_workers)
+        source, trainer, placement = self._feature_source(), self.trainer, Placement.of(self.trainer)
+        decoded = self._pipeline() == "device"
+        if decoded:  # whole splits: the first process of each node extracts for all; decoded on a miss only
+            splits = {split: DecodedSplit(images.paths, images.labels, self.preprocessing, self.image_size,
+                                          placement.device, name=split) for split, images in splits.items()}
+        extractor = FeatureExtractor(source.backbone, self.extraction_dtype, self.batch_size,
+                                     0 if decoded else self.num_workers)
         cache = FeatureCache(extractor, self.image_size, self.cache_dir)
-        self.datasets.update(
-            pooled_features(source, splits, cache, extracts=trainer.local_rank == 0, barrier=trainer.strategy.barrier)
-        )
+        pooled = pooled_features(source, splits, cache, trainer.local_rank == 0, trainer.strategy.barrier)
+        for split, features in pooled.items():
+            shard = placement.shard(len(features), evaluation=split in EVALUATED_AS)
+            self.datasets[split] = features.subset(shard, placement.device)
         if self._threads_before_features is None:
             self._threads_before_features = torch.get_num_threads()
             torch.set_num_threads(1)
 
     def teardown(self, stage: str) -> None:
+        self.input_pipeline.reset()
         if self._threads_before_features is not None:
             torch.set_num_threads(self._threads_before_features)
             self._threads_before_features = None
 
-    def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
+    def _image_splits(self) -> dict[str, ImageFiles]:
+        return {split: images for split, images in self.datasets.items()
+                if isinstance(images, ImageFiles) and split != "predict"}
+
+    def _pipeline(self) -> str:
+        counts = [len(images) for images in self._image_splits().values()]
+        return self.input_pipeline.choose(self.trainer, counts, self.image_size, extraction=self.cache_features)
+
+    def _loader(self, split: str, shuffle: bool = False) -> DataLoader | DeviceBatches:
         if self.cache_features:
             self._use_cached_features()
         dataset = self.datasets[split]
-        in_memory = isinstance(dataset, FeatureDataset)
-        batch_size = self._feature_eval_batch_size(split, dataset) if in_memory and not shuffle else self.batch_size
-        # features are already in memory: worker processes would only add copies
-        num_workers = 0 if in_memory else self.num_workers
-        # kept images are shared with forked workers only (Python 3.14 starts them by forkserver)
-        shares_decoded = self.keep_decoded and num_workers > 0 and sys.platform == "linux"
+        if isinstance(dataset, FeatureDataset):
+            limit = getattr(self.trainer, f"limit_{split}_batches", 1.0)
+            batch_size = self.batch_size if shuffle else dataset.eval_batch_size(self.batch_size, limit)
+            return DeviceBatches(dataset, batch_size, shuffle)
+        if split != "predict" and self._pipeline() == "device":
+            return self.input_pipeline.batches(
+                dataset.paths, dataset.labels, split, Placement.of(self.trainer), self.preprocessing,
+                self.image_size, self.batch_size, shuffle, self.augment and split == "train",
+                evaluation=split in EVALUATED_AS,
+            )
+        # keywords only: Lightning rebuilds DataLoaders (predict, DDP) from the arguments they were given
         return DataLoader(
-            dataset,
-            batch_size=batch_size,
+            dataset=dataset,
+            batch_size=self.batch_size,
             shuffle=shuffle,
             sampler=evaluation_sampler(dataset, self.trainer) if split in EVALUATED_AS else None,
-            num_workers=num_workers,
-            persistent_workers=num_workers > 0,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
-            multiprocessing_context="fork" if shares_decoded else None,
         )
 
-    def _feature_eval_batch_size(self, split: str, features: FeatureDataset) -> int:
-        """One big batch, unless the trainer limits the split's batches (``limit_val_batches 0.5``;
-        ``overfit_batches`` and ``fast_dev_run`` set it too): limits count batches of ``batch_size``,
-        and half of one big batch would be none."""
-        limit = getattr(self.trainer, f"limit_{split}_batches", 1.0)
-        if not (isinstance(limit, float) and limit == 1.0):
-            return self.batch_size
-        return features.eval_batch_size(self.batch_size)
-
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DataLoader | DeviceBatches:
         return self._loader("train", shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | DeviceBatches:
         return self._loader("val")
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> DataLoader | DeviceBatches:
         return self._loader("test")
 
     def predict_dataloader(self) -> DataLoader:

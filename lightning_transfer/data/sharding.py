@@ -1,4 +1,7 @@
-"""Evaluation under several processes: every image in exactly one process's share.
+"""How a split's images are shared out among several processes.
+
+Training: every process gets as many images as the others (DistributedSampler's way), so all run
+the same number of steps. Evaluation: every image in exactly one process's share.
 
 Lightning shares out validation and test images with torch's ``DistributedSampler``, which repeats
 images until every share is equally long: 7 test images on 2 processes would test one image twice
@@ -41,3 +44,13 @@ def evaluation_sampler(dataset: Dataset, trainer: Trainer | None) -> Sampler | N
     if not shares:
         return None
     return UnrepeatedDistributedSampler(dataset, shuffle=False, **shares)
+
+
+def shard_indices(count: int, rank: int, world_size: int, evaluation: bool) -> list[int]:
+    """Process ``rank``'s share of ``count`` items, dealt every ``world_size``-th, as the samplers
+    above deal them: for training, the list first padded from its start so every share is equally
+    long (processes must run the same number of steps); for evaluation, unrepeated."""
+    indices = list(range(count))
+    if not evaluation:
+        indices += indices[: -(-count // world_size) * world_size - count]
+    return indices[rank::world_size]

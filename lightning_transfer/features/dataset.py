@@ -35,8 +35,24 @@ class FeatureDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         return {"pooled_features": self.pooled[index], "label": self.labels[index], "path": str(self.paths[index])}
 
-    def eval_batch_size(self, batch_size: int) -> int:
-        """As many rows as fit in ``EVAL_BATCH_BYTES``, and at least ``batch_size``."""
+    def fields(self) -> dict[str, torch.Tensor]:
+        """What batches are drawn from (``data.device_batches``), on the features' device."""
+        return {"pooled_features": self.pooled, "label": torch.tensor(self.labels, device=self.pooled.device)}
+
+    def subset(self, indices: Sequence[int], device: torch.device) -> FeatureDataset:
+        """The rows ``indices`` (a process's shard), moved to ``device``."""
+        rows = torch.tensor(indices, dtype=torch.long)
+        return FeatureDataset(
+            self.pooled[rows].to(device), [self.paths[i] for i in indices], [self.labels[i] for i in indices]
+        )
+
+    def eval_batch_size(self, batch_size: int, limit: int | float = 1.0) -> int:
+        """As many rows as fit in ``EVAL_BATCH_BYTES``, and at least ``batch_size``; just
+        ``batch_size`` when the trainer limits the split's batches (``limit``: ``limit_val_batches
+        0.5``; ``overfit_batches`` and ``fast_dev_run`` set it too): limits count batches of
+        ``batch_size``, and half of one big batch would be none."""
+        if not (isinstance(limit, float) and limit == 1.0):
+            return batch_size
         row_bytes = self.pooled[0].nelement() * self.pooled.element_size()
         return max(batch_size, EVAL_BATCH_BYTES // row_bytes)
 

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from lightning_transfer.backbones import Backbone
+from lightning_transfer.features.sources import ImageBatches
 from lightning_transfer.utils.errors import UserError
 from lightning_transfer.utils.runtime import eval_mode, memory_format
 
@@ -58,10 +59,10 @@ class FeatureExtractor:
 
     ``torch.inference_mode`` (no autograd bookkeeping) and, for ``bf16``, autocast; ``fp32`` keeps
     full precision. Runs on the backbone's device, with intra-op threads leaving room for the loader
-    workers (``extraction_threads``; on a GPU the main process still copies each batch's features
-    on the CPU). ``channels_last`` (default: on CPUs only) is oneDNN's preferred layout; on a GPU,
-    extraction waits on the JPEG loader anyway, and cuDNN's channels_last kernels for
-    EfficientNet-Lite0 took seconds to set up for each new batch shape (docs/performance.md).
+    workers (``extraction_threads``; every thread when images come decoded, ``num_workers=0``).
+    ``channels_last`` (default: on CPUs only) is oneDNN's preferred layout; on a GPU, cuDNN's
+    channels_last kernels for EfficientNet-Lite0 took seconds to set up for each new batch shape
+    (docs/performance.md).
     """
 
     def __init__(
@@ -95,26 +96,36 @@ class FeatureExtractor:
         return torch.bfloat16 if self.dtype == "bf16" else torch.float32
 
     def __call__(self, images: Dataset, desc: str = "extracting features") -> torch.Tensor:
-        """Features (N, C, H, W) of a dataset yielding ``{"image": ...}``, in ``storage_dtype``."""
-        loader = DataLoader(images, batch_size=self.batch_size, num_workers=self.num_workers)
+        """Features (N, C, H, W) of a dataset yielding ``{"image": ...}`` (read by a DataLoader with
+        ``num_workers``) or of ``ImageBatches``, in ``storage_dtype``, on the CPU.
+
+        They stay on the extractor's device until the last batch, so a GPU is not stopped after
+        every batch to copy its features out.
+        """
+        if isinstance(images, ImageBatches):
+            batches = images.image_batches(self.batch_size)
+        else:
+            loader = DataLoader(images, batch_size=self.batch_size, num_workers=self.num_workers)
+            batches = (batch["image"] for batch in loader)
         features: torch.Tensor | None = None
         start = 0
         progress = tqdm(total=len(images), desc=desc, unit="img")
         with _extraction_mode(self.backbone, self.threads, self.layout), progress:
-            for batch in loader:
-                batch_features = self._forward(batch["image"])
+            for batch in batches:
+                batch_features = self._forward(batch)
                 if features is None:
-                    features = torch.empty((len(images), *batch_features.shape[1:]), dtype=self.storage_dtype)
+                    shape = (len(images), *batch_features.shape[1:])
+                    features = torch.empty(shape, dtype=self.storage_dtype, device=self.device)
                 # copied outside inference_mode so the stored tensor is a normal one autograd can use
                 features[start : start + len(batch_features)] = batch_features
                 start += len(batch_features)
                 progress.update(len(batch_features))
         if features is None:
             raise UserError(f"{desc}: no images to extract features from")
-        return features
+        return features.cpu()
 
     def _forward(self, images: torch.Tensor) -> torch.Tensor:
         images = images.to(self.device, memory_format=self.layout, non_blocking=True)
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.dtype == "bf16")
         with torch.inference_mode(), autocast:
-            return self.backbone(images).to(self.storage_dtype).contiguous().cpu()
+            return self.backbone(images).to(self.storage_dtype)

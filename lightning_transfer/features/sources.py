@@ -3,7 +3,7 @@ backbone and a pool step, and a split's labelled images. It imports neither the 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -32,3 +32,12 @@ class LabelledImages(Protocol):
     def __len__(self) -> int: ...
 
     def __getitem__(self, index: int) -> dict: ...
+
+
+@runtime_checkable
+class ImageBatches(Protocol):
+    """Labelled images that hand out their own normalized batches, already on the model's device
+    (a split decoded once, ``data.decoded_split``): extraction then needs no loader."""
+
+    def image_batches(self, batch_size: int) -> Iterator[torch.Tensor]:
+        """Model input, ``batch_size`` images at a time, in the order of ``paths``."""
