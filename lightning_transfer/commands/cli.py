@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch.distributed
 from lightning import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -146,6 +147,14 @@ class TransferCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
 
+def leave_process_group() -> None:
+    """Under DDP every process raises the same user error. Leaving the process group stops torch's
+    store and collective threads before the interpreter exits; left running, C++ may abort with
+    "terminate called without an active exception" after the one-line message."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def main(args: list[str] | None = None) -> None:
     """Console entry point: extra or LightningCLI subcommands, user errors as one line on stderr."""
     argv = sys.argv[1:] if args is None else args
@@ -165,6 +174,7 @@ def main(args: list[str] | None = None) -> None:
     except UserError as err:
         # one write: with several processes, separate writes of the message and its newline interleave
         sys.stderr.write(f"error: {err}\n")
+        leave_process_group()
         sys.exit(1)
     except SIGTERMException:  # Lightning stopped the loops and ResumeHint spoke; exit as killed by SIGTERM
         sys.exit(143)
