@@ -272,8 +272,8 @@ class TransferClassifier(LightningModule):
         planned = self._resumed_schedule_steps
         if planned is not None and planned != total:
             raise UserError(f"--ckpt_path: that run's {self.hparams.scheduler} schedule spans {planned} steps, "
-                            f"this one {total}; resume with the same --trainer.max_epochs and data, or start a "
-                            "new fit from it with --model.init_from")
+                            f"this one {total}; resume with the same --trainer.max_epochs, --trainer.devices, "
+                            "--data.batch_size and data, or start a new fit from it with --model.init_from")
         self._schedule_steps = total
         return total, warmup
 

@@ -3,30 +3,34 @@ GPU, decoding with PIL (and, forced, with torchvision's batched JPEG decoder), s
 
 from __future__ import annotations
 
+import csv
+import gc
 import json
 import os
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 import pytest
 import torch
 import torchvision
-from lightning import Trainer, seed_everything
+from lightning import Callback, Trainer, seed_everything
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from test_reliability_images import make_broken, make_unusual
+from torch.utils.data import DistributedSampler
 
 from conftest import REPO, make_tiny_dataset
 from lightning_transfer import ImageFolderDataModule, TransferClassifier, UserError
 from lightning_transfer.backbones import create_backbone, get_spec
-from lightning_transfer.callbacks import last_epoch_checkpoint
+from lightning_transfer.callbacks import TestReport, last_epoch_checkpoint
 from lightning_transfer.data import ImageFiles
 from lightning_transfer.data.decoded_split import DecodedSplit
 from lightning_transfer.data.device_augment import BatchTransform
 from lightning_transfer.data.device_batches import DeviceBatches
-from lightning_transfer.data.pipeline import choose_pipeline
+from lightning_transfer.data.pipeline import choose_pipeline, least_free_memory
 from lightning_transfer.data.sharding import shard_indices
-from lightning_transfer.features import FeatureExtractor
+from lightning_transfer.features import FeatureCache, FeatureExtractor
 
 GB = 2**30
 
@@ -110,6 +114,10 @@ def test_shards_split_a_dataset_like_the_samplers() -> None:
     for rank in (0, 1):  # the same shares as the evaluation sampler of DataLoaders
         sampler = UnrepeatedDistributedSampler(range(5), num_replicas=2, rank=rank, shuffle=False)
         assert shard_indices(5, rank, 2, evaluation=True) == list(sampler)
+    for count, processes in [(7, 2), (2, 8), (3, 8), (1, 3)]:  # and the training sampler's, fewer images too
+        for rank in range(processes):
+            sampler = DistributedSampler(range(count), num_replicas=processes, rank=rank, shuffle=False)
+            assert shard_indices(count, rank, processes, evaluation=False) == list(sampler)
 
 
 def test_auto_takes_the_device_when_it_fits_and_says_why() -> None:
@@ -154,6 +162,27 @@ def test_a_device_pipeline_too_big_for_the_host_stops_before_decoding(tiny_data,
     module = data_module(tiny_data, "device")
     with pytest.raises(UserError, match=r"needs 0.2 MB on cpu .* budget of 0.0 MB"):
         module.train_dataloader()
+
+
+class GatheringTrainer:
+    """Two processes, as ``least_free_memory`` sees them: the other one reports ``other_free``."""
+
+    def __init__(self, other_free: int) -> None:
+        self.world_size = 2
+        self.strategy = self
+        self.other_free = other_free
+
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        return torch.stack([tensor, torch.tensor(self.other_free)])
+
+
+def test_every_process_budgets_with_the_least_free_memory(monkeypatch) -> None:
+    cpu = torch.device("cpu")
+    monkeypatch.setattr("lightning_transfer.data.pipeline.free_memory", lambda device: 8 * GB)
+    assert least_free_memory(GatheringTrainer(3 * GB), cpu) == 3 * GB
+    assert least_free_memory(GatheringTrainer(torch.iinfo(torch.int64).max), cpu) == 8 * GB
+    monkeypatch.setattr("lightning_transfer.data.pipeline.free_memory", lambda device: None)
+    assert least_free_memory(GatheringTrainer(torch.iinfo(torch.int64).max), cpu) is None  # unknown everywhere
 
 
 def test_keep_decoded_is_retired_with_a_pointer_to_the_device_pipeline(tiny_data: Path) -> None:
@@ -205,6 +234,57 @@ def test_fit_with_the_device_pipeline_on_the_cpu(tiny_data: Path, tmp_path: Path
     assert {"train_loss", "train_acc", "val_loss", "val_acc"} <= set(trainer.callback_metrics)
     (validated,) = trainer.validate(model, module, verbose=False)  # loaders built under inference mode
     assert 0 <= validated["val_acc"] <= 1
+    report = TestReport(output_dir=str(tmp_path / "report"), top_losses=2)  # reads each batch's paths
+    Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+            callbacks=[report]).test(model, module, verbose=False)
+    assert isinstance(module.test_dataloader(), DeviceBatches)
+    assert report.predictions.paths == sorted(str(path) for path in (tiny_data / "test").glob("*/*.jpg"))
+    assert len(list(csv.DictReader((tmp_path / "report" / "test_top_losses.csv").open()))) == 2
+
+
+def test_extraction_frees_each_decoded_split_before_decoding_the_next(tiny_data: Path, tmp_path: Path,
+                                                                      monkeypatch) -> None:
+    """``decoded_need`` budgets fast feature extraction one whole split at a time."""
+    extracted, earlier_alive = [], []
+    extract = FeatureCache.get
+
+    def watched(self, split: str, images) -> torch.Tensor:
+        gc.collect()
+        earlier_alive.append([split_ref() is not None for split_ref in extracted])
+        extracted.append(weakref.ref(images))
+        return extract(self, split, images)
+
+    monkeypatch.setattr(FeatureCache, "get", watched)
+    model = TransferClassifier(backbone="efficientnet_lite0", weights="none", class_names=["cat", "dog"],
+                               image_size=32, pool="avg", head_hidden=8)
+    module = ImageFolderDataModule(str(tiny_data), image_size=32, batch_size=4, num_workers=0, pipeline="device",
+                                   backbone="efficientnet_lite0", cache_features=True,
+                                   cache_dir=str(tmp_path / "cache"))
+    module.use_features_of(model)
+    Trainer(accelerator="cpu", fast_dev_run=1, logger=False, enable_progress_bar=False,
+            enable_model_summary=False).fit(model, module)
+    assert earlier_alive == [[], [False]]  # train, then val with train's pixels gone
+
+
+def test_overfit_batches_repeats_the_same_device_batches_every_epoch(tiny_data: Path) -> None:
+    class Record(Callback):
+        def __init__(self) -> None:
+            self.batches: list[torch.Tensor] = []
+
+        def on_train_batch_start(self, trainer, pl_module, batch: dict, batch_idx: int) -> None:
+            self.batches.append(batch["image"].clone())
+
+    seed_everything(0)
+    model = TransferClassifier(backbone="efficientnet_lite0", weights="none", class_names=["cat", "dog"],
+                               image_size=32, pool="avg", head_hidden=8)
+    module = ImageFolderDataModule(str(tiny_data), image_size=32, batch_size=4, num_workers=0, pipeline="device",
+                                   backbone="efficientnet_lite0")
+    record = Record()
+    Trainer(accelerator="cpu", overfit_batches=1, max_epochs=3, logger=False, enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False, callbacks=[record]).fit(model, module)
+    assert len(record.batches) == 3
+    for batch in record.batches[1:]:
+        torch.testing.assert_close(batch, record.batches[0], rtol=0, atol=0)
 
 
 def test_a_device_pipeline_fit_resumes_from_its_last_checkpoint(tiny_data: Path, tmp_path: Path) -> None:

@@ -15,9 +15,10 @@ Row = TypeVar("Row", bound=tuple)
 def gather_by_path(trainer: Trainer, rows: list[Row]) -> list[Row]:
     """Every process's rows, one per image path, in path order (the order the folders list them).
 
-    With several processes each holds the rows of its own share of the images. Shares may overlap:
-    Lightning's ``DistributedSampler`` repeats images to give every process as many, so a path seen
-    twice is kept once. A collective call: every process must make it, and each gets all rows.
+    With several processes each holds the rows of its own share of the images. The shares of test
+    and predict images do not overlap (``data.sharding``); keyed by path all the same, so that a
+    share that repeated an image could never count it twice. A collective call: every process must
+    make it, and each gets all rows.
     """
     if trainer.world_size > 1:
         shares: list[list[Row] | None] = [None] * trainer.world_size

@@ -248,14 +248,15 @@ class ImageFolderDataModule(LightningDataModule):
             return
         source, trainer, placement = self._feature_source(), self.trainer, Placement.of(self.trainer)
         decoded = self._pipeline() == "device"
-        if decoded:  # whole splits: the first process of each node extracts for all; decoded on a miss only
-            splits = {split: DecodedSplit(images.paths, images.labels, self.preprocessing, self.image_size,
-                                          placement.device, name=split) for split, images in splits.items()}
         extractor = FeatureExtractor(source.backbone, self.extraction_dtype, self.batch_size,
                                      0 if decoded else self.num_workers)
         cache = FeatureCache(extractor, self.image_size, self.cache_dir)
-        pooled = pooled_features(source, splits, cache, trainer.local_rank == 0, trainer.strategy.barrier)
-        for split, features in pooled.items():
+        for split, files in splits.items():
+            # a decoded split is the whole split, decoded on a cache miss only, and freed before the next
+            images = DecodedSplit(files.paths, files.labels, self.preprocessing, self.image_size,
+                                  placement.device, name=split) if decoded else files
+            features = pooled_features(source, split, images, cache, trainer.local_rank == 0,
+                                       trainer.strategy.barrier)
             shard = placement.shard(len(features), evaluation=split in EVALUATED_AS)
             self.datasets[split] = features.subset(shard, placement.device)
         if self._threads_before_features is None:
@@ -302,7 +303,8 @@ class ImageFolderDataModule(LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader | DeviceBatches:
-        return self._loader("train", shuffle=True)
+        # Lightning unshuffles only DataLoaders for --trainer.overfit_batches; DeviceBatches too
+        return self._loader("train", shuffle=not (self.trainer is not None and self.trainer.overfit_batches))
 
     def val_dataloader(self) -> DataLoader | DeviceBatches:
         return self._loader("val")

@@ -32,8 +32,10 @@ class DeviceBatches:
     Shuffled orders come from a ``torch.Generator`` on the split's device, seeded once from torch's
     global generator, so ``seed_everything`` reproduces them and every epoch (every ``iter``) gets a
     new one. ``transform`` turns each batch's ``"image"`` into model input (``device_augment``).
-    Batches carry no file paths, which would cost a device-to-host copy of the indices at every
-    step; ``dataset`` is the split itself, as on a DataLoader (``GradCamLogger`` reads items from it).
+    Batches in order carry their files' ``"path"`` (a slice of a list), which the test report and
+    the top losses need; shuffled ones carry none, which would cost a device-to-host copy of the
+    indices at every step. ``dataset`` is the split itself, as on a DataLoader (``GradCamLogger``
+    reads items from it).
     """
 
     def __init__(
@@ -69,8 +71,11 @@ class DeviceBatches:
             order = torch.randperm(count, generator=self._generator, device=self._generator.device)
         for start in range(0, count, self.batch_size):
             stop = min(start + self.batch_size, count)
-            index = order[start:stop] if order is not None else slice(start, stop)
-            yield self._batch(fields, index)
+            if order is None:
+                yield {**self._batch(fields, slice(start, stop)),
+                       "path": [str(path) for path in self.dataset.paths[start:stop]]}
+            else:
+                yield self._batch(fields, order[start:stop])
 
     def _batch(self, fields: dict[str, torch.Tensor], index: torch.Tensor | slice) -> dict:
         batch = {name: tensor[index] for name, tensor in fields.items()}

@@ -78,6 +78,19 @@ def free_memory(device: torch.device) -> int | None:
     return None
 
 
+def least_free_memory(trainer: Trainer | None, device: torch.device) -> int | None:
+    """``free_memory`` on the process's device, the least over all processes: every process then
+    chooses the same pipeline and refuses the same one (one that stopped alone, or chose otherwise,
+    would leave the others waiting in the next collective call)."""
+    free = free_memory(device)
+    if trainer is None or trainer.world_size == 1:
+        return free
+    unknown = torch.iinfo(torch.int64).max  # no limit, as None means alone
+    every = trainer.strategy.all_gather(torch.tensor(unknown if free is None else free, device=device))
+    least = int(every.min())
+    return None if least == unknown else least
+
+
 def _mb(size: int) -> str:
     megabytes = size / 2**20
     return f"{megabytes:,.1f} MB" if megabytes < 10 else f"{megabytes:,.0f} MB"
@@ -147,7 +160,7 @@ class InputPipeline:
         if self.chosen is None:
             placement = Placement.of(trainer)
             needed = decoded_need(counts, image_size, placement, extraction)
-            free = None if self.requested == "workers" else free_memory(placement.device)
+            free = None if self.requested == "workers" else least_free_memory(trainer, placement.device)
             self.chosen, message = choose_pipeline(
                 self.requested, placement.device, needed, self.device_memory_fraction, free, extraction
             )

@@ -49,8 +49,10 @@ def evaluation_sampler(dataset: Dataset, trainer: Trainer | None) -> Sampler | N
 def shard_indices(count: int, rank: int, world_size: int, evaluation: bool) -> list[int]:
     """Process ``rank``'s share of ``count`` items, dealt every ``world_size``-th, as the samplers
     above deal them: for training, the list first padded from its start so every share is equally
-    long (processes must run the same number of steps); for evaluation, unrepeated."""
+    long (processes must run the same number of steps), repeated whole if it is shorter than the
+    padding; for evaluation, unrepeated."""
     indices = list(range(count))
-    if not evaluation:
-        indices += indices[: -(-count // world_size) * world_size - count]
+    if not evaluation and count:
+        padded = -(-count // world_size) * world_size
+        indices = (indices * -(-padded // count))[:padded]
     return indices[rank::world_size]

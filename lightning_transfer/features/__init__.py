@@ -4,7 +4,8 @@ Book experiment 1, done so it pays off more than once: a later run that asks for
 (same weights, image size, preprocessing, dtype and image files) loads them in a fraction of a
 second instead of pushing every image through the conv base again. The head's pool step then runs
 once over them (``FeatureSource.pool``), and its dense layers train on
-``{"pooled_features", "label", "path"}`` batches, which ``TransferClassifier.logits`` accepts.
+``{"pooled_features", "label"}`` batches (evaluation batches carry ``"path"`` too), which
+``TransferClassifier.logits`` accepts.
 
 This package knows models only as a ``FeatureSource`` and image sets only as ``LabelledImages``
 (``sources``), so it sits below both the model and the data module.

@@ -68,21 +68,19 @@ def check_frozen(source: FeatureSource) -> None:
 
 def pooled_features(
     source: FeatureSource,
-    splits: dict[str, LabelledImages],
+    split: str,
+    images: LabelledImages,
     cache: FeatureCache,
     extracts: bool,
     barrier: Callable[[str], None],
-) -> dict[str, FeatureDataset]:
-    """Each split's cached features (extracted on a miss), pooled once by ``source``.
+) -> FeatureDataset:
+    """A split's cached features (extracted on a miss), pooled once by ``source``.
 
     Several processes share the cache: the ones with ``extracts`` (one per node) extract and write
     while the others wait at ``barrier``, then read the file.
     """
-    datasets = {}
-    for split, images in splits.items():
-        features = cache.get(split, images) if extracts else None
-        barrier(f"lightning_transfer.features.{split}")
-        if features is None:
-            features = cache.get(split, images)
-        datasets[split] = FeatureDataset(source.pool(features), images.paths, images.labels)
-    return datasets
+    features = cache.get(split, images) if extracts else None
+    barrier(f"lightning_transfer.features.{split}")
+    if features is None:
+        features = cache.get(split, images)
+    return FeatureDataset(source.pool(features), images.paths, images.labels)
