@@ -4,7 +4,10 @@ from lightning_transfer.backbones import Backbone, BackboneSpec, available_backb
 from lightning_transfer.checkpoint import read_checkpoint
 from lightning_transfer.data import ImageFolderDataModule
 from lightning_transfer.model import TransferClassifier, load_model
+from lightning_transfer.utils import moved_modules
 from lightning_transfer.utils.errors import UserError, WeightsUnavailableError
+
+moved_modules.install()
 
 __all__ = [
     "Backbone",
