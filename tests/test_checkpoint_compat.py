@@ -65,7 +65,7 @@ def test_old_checkpoint_resumes_a_fit_and_tests_from_the_command_line(
     common = ["--data.root", str(tiny_data), "--data.num_workers", "0", "--trainer.enable_progress_bar", "false"]
     fit = run_cli(
         "fit", "--config", str(REPO / "configs" / "vgg16_feature_extraction_augmented.yaml"), *common,
-        "--ckpt_path", str(old_checkpoint), "--trainer.max_epochs", "3", cwd=tmp_path,
+        "--ckpt_path", str(old_checkpoint), "--data.image_size", "32", "--trainer.max_epochs", "3", cwd=tmp_path,
     )
     assert fit.returncode == 0, fit.stderr[-3000:]
     assert "Restored all states" in fit.stdout + fit.stderr

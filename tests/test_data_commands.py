@@ -16,8 +16,8 @@ import pytest
 from PIL import Image
 
 from conftest import run_cli
+from lightning_transfer import ImageFolderDataModule, UserError
 from lightning_transfer.commands.cli import main
-from lightning_transfer.data import ImageFolderDataModule
 
 # Numeric order differs from text order (10 < 2 as text), so the split must sort by id.
 IDS = [0, 1, 2, 3, 10, 11, 100]
@@ -257,7 +257,8 @@ def test_download_offline_is_one_line(tmp_path: Path) -> None:
 
 
 def test_datamodule_downloads_a_missing_root(server: ArchiveServer, tmp_path: Path) -> None:
-    data = ImageFolderDataModule(root=str(tmp_path / "auto"), url=server.url, image_size=32, num_workers=0)
+    data = ImageFolderDataModule(root=str(tmp_path / "cats_and_dogs_filtered"), url=server.url, image_size=32,
+                                 num_workers=0)
     data.prepare_data()
     data.setup("fit")
     assert data.class_names == ["cats", "dogs"]
@@ -266,16 +267,27 @@ def test_datamodule_downloads_a_missing_root(server: ArchiveServer, tmp_path: Pa
     assert len(server.range_headers) == 1
 
 
+def test_a_mistyped_root_is_not_filled_with_the_download(server: ArchiveServer, tmp_path: Path) -> None:
+    data = ImageFolderDataModule(root=str(tmp_path / "cats_and_dogs_filterd"), url=server.url, num_workers=0)
+    with pytest.raises(UserError) as refused:
+        data.prepare_data()
+    assert str(refused.value) == (
+        f"data root '{tmp_path / 'cats_and_dogs_filterd'}' has no train/ folder; pass --data.root DIR, a folder "
+        "with train/ and val/ (data.url is downloaded only into a folder named cats_and_dogs_filtered)"
+    )
+    assert list(tmp_path.iterdir()) == [] and server.range_headers == []
+
+
 @pytest.mark.slow
 def test_fit_downloads_a_missing_root_from_data_url(server: ArchiveServer, tmp_path: Path) -> None:
     """The CLI needs the class names before training starts, so it fetches ``--data.url`` first."""
     result = run_cli(
-        "fit", "--data.root", "auto", "--data.url", server.url, "--model.weights", "none",
+        "fit", "--data.root", "cats_and_dogs_filtered", "--data.url", server.url, "--model.weights", "none",
         "--data.image_size", "32", "--data.num_workers", "0", "--trainer.fast_dev_run", "1", cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"downloaded {server.url} into auto: train 6 images, val 4 images" in result.stdout
-    assert sorted(p.name for p in (tmp_path / "auto").iterdir()) == ["train", "val"]
+    assert f"downloaded {server.url} into cats_and_dogs_filtered: train 6 images, val 4 images" in result.stdout
+    assert sorted(p.name for p in (tmp_path / "cats_and_dogs_filtered").iterdir()) == ["train", "val"]
 
 
 # ---------------------------------------------------------------- summary

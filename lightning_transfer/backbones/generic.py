@@ -121,7 +121,7 @@ def _timm_imagenet(model_name: str, cfg: PretrainedCfg | None) -> StateDict:
         )
     if cfg.hf_hub_id:
         where = f"the Hugging Face cache {hf_constants.HF_HUB_CACHE} (model {cfg.hf_hub_id})"
-        fill = "the Hugging Face cache (HF_HOME)"
+        fill = "the Hugging Face cache (HF_HOME; offline, HF_HUB_OFFLINE=1 skips the download's retries)"
     else:
         where = f"the torch hub cache {torch.hub.get_dir()}/checkpoints ({cfg.url or cfg.file})"
         fill = "the torch hub cache (TORCH_HOME)"

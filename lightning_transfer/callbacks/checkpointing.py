@@ -39,10 +39,20 @@ def find_last_checkpoint(checkpoint_dir: str | None, root_dir: str | None) -> Pa
     candidates = [Path(path) for path in glob.glob(pattern)]
     if not candidates:
         raise UserError(
-            f"--ckpt_path last: nothing matches {pattern}, so there is no run to resume; "
-            "drop --ckpt_path to start one, or pass a checkpoint file"
+            f"--ckpt_path last: nothing matches {pattern}, so no run here has written one; pass a checkpoint "
+            "file, or run `lightning-transfer fit` (without --ckpt_path) to make one"
         )
     return max(candidates, key=lambda path: path.stat().st_mtime)
+
+
+def checkpoint_file(ckpt_path: str) -> str:
+    """A command's ``--ckpt_path`` as a file: ``last`` is the newest ``last.ckpt`` of the runs under
+    the current folder (said in a line), as for ``fit``, ``test`` and ``predict``."""
+    if ckpt_path != LAST:
+        return ckpt_path
+    found = find_last_checkpoint(None, None)
+    print(f"--ckpt_path last: {found}")
+    return str(found)
 
 
 class ResumeHint(Callback):

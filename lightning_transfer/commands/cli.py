@@ -10,6 +10,8 @@ fix as one line instead of a traceback.
 
 from __future__ import annotations
 
+import argparse
+import difflib
 import importlib
 import os
 import sys
@@ -22,6 +24,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 from lightning_transfer.callbacks import (
     PredictionCSVWriter,
@@ -37,6 +40,7 @@ from lightning_transfer.data.folders import NO_DATA_ROOT
 from lightning_transfer.model import TransferClassifier, read_model_checkpoint
 from lightning_transfer.utils.errors import UserError
 
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 # Subcommands that are not LightningCLI's: first word -> module with ``main(argv: list[str])``.
 EXTRA_COMMANDS = {
     "data": "lightning_transfer.commands.data",
@@ -48,6 +52,11 @@ EXTRA_COMMANDS = {
 }
 
 
+# A bad option stops with one line (``main``), not the 100-line usage; no option is taken from a prefix
+# of its name (``--model.backbon``), which would silently accept a typo.
+PARSER_OPTIONS = {"exit_on_error": False, "allow_abbrev": False}
+
+
 def default_loggers(save_dir: str) -> list[Logger]:
     """CSV and TensorBoard, both in the same ``lightning_logs/version_N``.
 
@@ -56,6 +65,24 @@ def default_loggers(save_dir: str) -> list[Logger]:
     """
     csv_logger = CSVLogger(save_dir)
     return [csv_logger, TensorBoardLogger(save_dir, version=csv_logger.version)]
+
+
+def check_same_model(
+    subcommand: str, ckpt_path: str, checkpoint_model: str, command_model: str, from_config: bool
+) -> None:
+    """The checkpoint's model settings replace the command's: resuming a ``fit`` of another model is a
+    mistake (often ``last`` finding another experiment's run); evaluating one under a config that
+    names another model is said in a line."""
+    if checkpoint_model == command_model:
+        return
+    if subcommand == "fit":
+        raise UserError(
+            f"--ckpt_path {ckpt_path} is a run of {checkpoint_model}, this command trains {command_model}; "
+            "resume with that run's config.yaml (in its version_N folder), or pass the last.ckpt of a run "
+            "of this model"
+        )
+    if from_config:
+        rank_zero_info(f"{subcommand}: the checkpoint's model, {checkpoint_model} (the config says {command_model})")
 
 
 class TransferCLI(LightningCLI):
@@ -106,6 +133,8 @@ class TransferCLI(LightningCLI):
             )
         hparams = dict(read_model_checkpoint(ckpt_path)["hyper_parameters"])
         image_size = hparams.pop("image_size")
+        check_same_model(subcommand, ckpt_path, f"{hparams['backbone']} at {image_size} px",
+                         f"{config.model.backbone} at {config.data.image_size} px", bool(config.get("config")))
         hparams["weights"] = "none"
         update = {"model": hparams, "data": {"image_size": image_size}}
         if "weights_only" in config:  # Lightning's own load, explicitly safe (an env var cannot undo it)
@@ -114,6 +143,11 @@ class TransferCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config  # run=False: lr_find
+        if self.subcommand in ("validate", "test", "predict") and not config.get("ckpt_path"):
+            raise UserError(
+                f"{self.subcommand} needs --ckpt_path CHECKPOINT, a .ckpt written by `lightning-transfer fit` "
+                "(or `last` for the newest last.ckpt of the earlier runs); without one the head is untrained"
+            )
         if config.checkpoint.save_last:  # Lightning's would write last.ckpt too, at best-epoch steps only
             raise UserError(
                 "--checkpoint.save_last: last.ckpt is already written after every epoch; drop the option"
@@ -155,11 +189,24 @@ def leave_process_group() -> None:
         torch.distributed.destroy_process_group()
 
 
+def check_command(argv: list[str]) -> None:
+    """An unknown first word, with the closest command (LightningCLI's own message lists only its four)."""
+    if not argv or argv[0].startswith("-") or argv[0] in (*LIGHTNING_COMMANDS, *EXTRA_COMMANDS):
+        return
+    commands = [*LIGHTNING_COMMANDS, *EXTRA_COMMANDS]
+    closest = difflib.get_close_matches(argv[0], commands, n=1)
+    raise UserError(
+        f"unknown command {argv[0]!r}" + (f"; did you mean {closest[0]}?" if closest else "")
+        + f" Commands: {', '.join(commands)}"
+    )
+
+
 def main(args: list[str] | None = None) -> None:
     """Console entry point: extra or LightningCLI subcommands, user errors as one line on stderr."""
     argv = sys.argv[1:] if args is None else args
     description = f"{__doc__.splitlines()[0]} Other commands: {', '.join(EXTRA_COMMANDS)} (each has --help)."
     try:
+        check_command(argv)
         if argv and argv[0] in EXTRA_COMMANDS:
             importlib.import_module(EXTRA_COMMANDS[argv[0]]).main(argv[1:])
             return
@@ -168,9 +215,14 @@ def main(args: list[str] | None = None) -> None:
             ImageFolderDataModule,
             save_config_kwargs={"overwrite": True},
             trainer_defaults={"callbacks": [ResumeHint()]},
-            parser_kwargs={"description": description},
+            parser_kwargs={"description": description, **PARSER_OPTIONS},
             args=args,
         )
+    except argparse.ArgumentError as err:  # a bad option or value: the message, without 100 lines of usage
+        command = f"lightning-transfer {argv[0]}" if argv and not argv[0].startswith("-") else "lightning-transfer"
+        message = " ".join(line.strip() for line in str(err).splitlines())
+        sys.stderr.write(f"error: {message} (`{command} --help` lists the options)\n")
+        sys.exit(2)
     except UserError as err:
         # one write: with several processes, separate writes of the message and its newline interleave
         sys.stderr.write(f"error: {err}\n")

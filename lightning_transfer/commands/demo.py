@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from lightning_transfer.callbacks import checkpoint_file
 from lightning_transfer.data import is_image_file, load_rgb
 from lightning_transfer.interpret import GradCamView, activation_view, image_batch, predict_and_gradcam
 from lightning_transfer.model import TransferClassifier, load_model
@@ -286,6 +287,7 @@ def main(argv: list[str]) -> None:
     args = build_parser().parse_args(argv)
     if not args.ckpt_path:
         raise UserError(f"no checkpoint given; pass --ckpt_path FILE.ckpt (or set ${CKPT_ENV})")
+    args.ckpt_path = checkpoint_file(args.ckpt_path)
     auth = parse_auth(args.auth) if args.auth is not None else None
     if not re.fullmatch(r"\d+\s*[kmgt]?b", args.max_file_size, re.IGNORECASE):
         raise UserError(f"--max_file_size {args.max_file_size!r} is not a size like 10mb or 500kb")

@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from lightning_transfer.callbacks import checkpoint_file
 from lightning_transfer.data import list_predict_images, load_rgb
 from lightning_transfer.interpret import image_batch
 from lightning_transfer.model import TransferClassifier, load_model
@@ -132,6 +133,7 @@ def main(argv: list[str]) -> None:
         import onnxscript  # noqa: F401
     except ImportError:
         raise UserError(MISSING) from None
+    args.ckpt_path = checkpoint_file(args.ckpt_path)
     out = args.out or Path(args.ckpt_path).with_suffix(".onnx")
     if out.exists() and not args.overwrite:
         raise UserError(f"{out} already exists; pass --overwrite or another --out file")

@@ -10,6 +10,7 @@ falls fastest against log10(lr) (:func:`steepest_descent`).
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import torch
 from lightning.pytorch.cli import LightningArgumentParser
 from lightning.pytorch.tuner import Tuner
 
-from lightning_transfer.commands.cli import TransferCLI
+from lightning_transfer.commands.cli import PARSER_OPTIONS, TransferCLI
 from lightning_transfer.data import ImageFolderDataModule
 from lightning_transfer.model import TransferClassifier
 from lightning_transfer.utils.errors import UserError
@@ -85,14 +86,18 @@ def plot_search(finder: Any, pick: int, path: Path) -> Path:
 
 
 def main(argv: list[str]) -> None:
-    cli = LrFindCLI(
-        TransferClassifier,
-        ImageFolderDataModule,
-        run=False,
-        args=argv,
-        save_config_kwargs={"overwrite": True, "config_filename": "lr_find_config.yaml"},
-        parser_kwargs={"prog": "lightning-transfer lr_find", "description": __doc__.splitlines()[0]},
-    )
+    with warnings.catch_warnings():  # argv is the command line after "lr_find", not a second one
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter", category=UserWarning)
+        cli = LrFindCLI(
+            TransferClassifier,
+            ImageFolderDataModule,
+            run=False,
+            args=argv,
+            save_config_kwargs={"overwrite": True, "config_filename": "lr_find_config.yaml"},
+            parser_kwargs={
+                "prog": "lightning-transfer lr_find", "description": __doc__.splitlines()[0], **PARSER_OPTIONS
+            },
+        )
     options, trainer = cli.config.lr_find, cli.trainer
     root = Path(trainer.default_root_dir)
     before = set(root.glob(TEMPORARY_CHECKPOINTS))

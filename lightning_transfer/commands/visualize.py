@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lightning_transfer.backbones import Backbone, create_backbone
+from lightning_transfer.callbacks import checkpoint_file
 from lightning_transfer.data import load_rgb
 from lightning_transfer.interpret import (
     Classifier,
@@ -184,4 +185,6 @@ def run_gradcam(args: argparse.Namespace) -> None:
 
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
+    if args.ckpt_path:
+        args.ckpt_path = checkpoint_file(args.ckpt_path)
     {"activations": run_activations, "filters": run_filters, "gradcam": run_gradcam}[args.command](args)

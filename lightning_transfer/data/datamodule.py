@@ -172,7 +172,11 @@ class ImageFolderDataModule(LightningDataModule):
         return self.preprocessing.transform(self.image_size, augmentation() if train and self.augment else None)
 
     def _listed_samples(self, split: str) -> list[Sample]:
-        return list_images(self._require_root() / split, self.class_names, self.max_images_per_class)
+        split_dir = self._require_root() / split
+        if split == "test" and not split_dir.is_dir():
+            raise UserError(f"{str(split_dir)!r} does not exist: `test` needs a test/ split beside train/ and val/ "
+                            "(`lightning-transfer data prepare` makes one)")
+        return list_images(split_dir, self.class_names, self.max_images_per_class)
 
     def split_samples(self, split: str) -> list[Sample]:
         """A split's readable (path, label) pairs; unreadable images are reported, then skipped or refused."""
@@ -212,8 +216,6 @@ class ImageFolderDataModule(LightningDataModule):
         elif stage == "validate":
             self.datasets["val"] = self._labelled("val")
         elif stage == "test":
-            if not (self._require_root() / "test").is_dir():
-                raise UserError(f"{str(self.root / 'test')!r} does not exist; nothing to test on")
             self.datasets["test"] = self._labelled("test")
         elif stage == "predict":
             if self.predict_path is None:

@@ -147,8 +147,20 @@ def describe_counts(counts: dict[str, int]) -> str:
 
 
 def ensure_dataset(root: Path, url: str | None, md5: str | None = None) -> None:
-    """Download ``url`` into ``root`` when ``root`` has no ``train/`` yet (and a URL is given)."""
-    if url is not None and not (root / "train").is_dir():
-        advice = "offline? pass --data.root DIR, a folder with train/ and val/ that is already here"
-        counts = download_dataset(url, root, md5=md5, offline_advice=advice)
-        print(f"downloaded {url} into {root}: {describe_counts(counts)}")
+    """Download ``url`` into ``root`` when ``root`` has no ``train/`` yet (and a URL is given).
+
+    Only into a folder named after the archive (``.../cats_and_dogs_filtered`` for
+    ``cats_and_dogs_filtered.zip``): a mistyped ``--data.root`` is an error, not a new folder
+    filled with a dataset the user did not mean.
+    """
+    if url is None or (root / "train").is_dir():
+        return
+    name = Path(urlparse(url).path).stem
+    if root.name != name:
+        raise UserError(
+            f"data root {str(root)!r} has no train/ folder; pass --data.root DIR, a folder with train/ and val/ "
+            f"(data.url is downloaded only into a folder named {name})"
+        )
+    advice = f"offline? pass --data.root DIR, a folder with train/ and val/, instead of {str(root)!r}"
+    counts = download_dataset(url, root, md5=md5, offline_advice=advice)
+    print(f"downloaded {url} into {root}: {describe_counts(counts)}")
