@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image, UnidentifiedImageError
+from PIL.ExifTags import Base as ExifTag
 from torch.utils.data import Dataset
 from torchvision import io
 from torchvision.transforms import v2
@@ -37,7 +38,7 @@ def _plain_jpeg(path: Path) -> bool:
     without an EXIF rotation (nvjpeg applies none). The header alone tells; the rest go through PIL."""
     try:
         with Image.open(path) as image:
-            orientation = image.getexif().get(0x0112, 1)
+            orientation = image.getexif().get(ExifTag.Orientation, 1)
             return image.format == "JPEG" and image.mode in ("RGB", "L") and orientation == 1
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
         return False  # load_rgb says what is wrong with it
