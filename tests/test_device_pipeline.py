@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from kornia.augmentation import AugmentationSequential
 from lightning import Callback, Trainer, seed_everything
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from test_reliability_images import make_broken, make_unusual
@@ -26,7 +27,7 @@ from lightning_transfer.backbones import create_backbone, get_spec
 from lightning_transfer.callbacks import TestReport, last_epoch_checkpoint
 from lightning_transfer.data import ImageFiles
 from lightning_transfer.data.decoded_split import DecodedSplit
-from lightning_transfer.data.device_augment import BatchTransform
+from lightning_transfer.data.device_augment import batch_transform
 from lightning_transfer.data.device_batches import DeviceBatches
 from lightning_transfer.data.pipeline import choose_pipeline, least_free_memory
 from lightning_transfer.data.sharding import shard_indices
@@ -80,12 +81,13 @@ def test_the_batched_jpeg_decoder_leaves_unusual_files_to_pil(tmp_path: Path, mo
 def test_two_images_in_one_batch_get_different_augmentations() -> None:
     torch.manual_seed(0)
     image = torch.randint(0, 256, (1, 3, 48, 48), dtype=torch.uint8)
-    augment = BatchTransform(get_spec("vgg16").preprocessing, augment=True, device=torch.device("cpu"))
-    plain = BatchTransform(get_spec("vgg16").preprocessing, augment=False, device=torch.device("cpu"))
+    augment = batch_transform(get_spec("vgg16").preprocessing, augment=True, device=torch.device("cpu"))
+    plain = batch_transform(get_spec("vgg16").preprocessing, augment=False, device=torch.device("cpu"))
     first, second = augment(image.expand(2, -1, -1, -1))
     assert not torch.allclose(first, second)
     assert not torch.allclose(first, plain(image)[0])
-    rotations = augment.augment[0]._params["angle"]  # RandomAffine's per-sample draws of that call
+    (kornia,) = [step for step in augment.transforms if isinstance(step, AugmentationSequential)]
+    rotations = kornia[0]._params["angle"]  # RandomAffine's per-sample draws of that call
     assert rotations.shape == (2,) and rotations[0] != rotations[1] and rotations.abs().max() <= 40
 
 

@@ -29,9 +29,14 @@ class Preprocessing:
         """Square resize, like Keras' ``target_size`` (the book squashes, it does not crop)."""
         return v2.Resize((image_size, image_size), interpolation=self.interpolation, antialias=True)
 
-    def to_model_input(self) -> v2.Compose:
-        """uint8 image tensor -> normalized float tensor."""
-        return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.mean, self.std)])
+    def to_model_input(self, augment: Callable[[torch.Tensor], torch.Tensor] | None = None) -> v2.Compose:
+        """uint8 image tensor (or batch) -> float [0, 1] -> ``augment`` (if any) -> normalized.
+
+        ``augment`` runs on float pixels: Kornia's batched augmentation (``data.device_augment``)
+        needs them, where torchvision's per-image one runs on uint8 before (``transform``).
+        """
+        steps = [v2.ToDtype(torch.float32, scale=True), augment, v2.Normalize(self.mean, self.std)]
+        return v2.Compose([step for step in steps if step is not None])
 
     def transform(self, image_size: int, augment: v2.Transform | None = None) -> v2.Compose:
         """PIL image -> model input; ``augment`` (if any) runs on the resized uint8 tensor."""

@@ -7,7 +7,6 @@ import math
 
 import torch
 from kornia.augmentation import AugmentationSequential, RandomAffine, RandomHorizontalFlip
-from torch import nn
 from torchvision.transforms import v2
 
 from lightning_transfer.backbones import Preprocessing
@@ -29,22 +28,11 @@ def book_augmentation() -> AugmentationSequential:
     )
 
 
-class BatchTransform(nn.Module):
-    """uint8 (N, 3, S, S) -> float32 [0, 1] -> augmented (if asked) -> normalized, on the batch's device.
+def batch_transform(preprocessing: Preprocessing, augment: bool, device: torch.device) -> v2.Compose:
+    """uint8 (N, 3, S, S) -> model input on the batch's device: the backbone's scaling and
+    normalization, with the book's augmentation in between when asked.
 
-    The same scaling and normalization as ``Preprocessing.to_model_input`` (torchvision's functional
-    ops, which take batches); augmentation runs between the two because Kornia needs float pixels.
     Kornia draws its random parameters on the device it was moved to, from torch's generator for that
     device, so ``seed_everything`` reproduces them and no step waits on the host.
     """
-
-    def __init__(self, preprocessing: Preprocessing, augment: bool, device: torch.device) -> None:
-        super().__init__()
-        self.mean, self.std = list(preprocessing.mean), list(preprocessing.std)
-        self.augment = book_augmentation().to(device) if augment else None
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        images = v2.functional.to_dtype(pixels, torch.float32, scale=True)
-        if self.augment is not None:
-            images = self.augment(images)
-        return v2.functional.normalize(images, self.mean, self.std)
+    return preprocessing.to_model_input(book_augmentation().to(device) if augment else None)

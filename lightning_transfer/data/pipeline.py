@@ -19,7 +19,7 @@ import torch
 
 from lightning_transfer.backbones import Preprocessing
 from lightning_transfer.data.decoded_split import DecodedSplit, decoded_bytes
-from lightning_transfer.data.device_augment import BatchTransform
+from lightning_transfer.data.device_augment import batch_transform
 from lightning_transfer.data.device_batches import DeviceBatches
 from lightning_transfer.data.sharding import shard_indices
 from lightning_transfer.utils.errors import UserError
@@ -189,4 +189,4 @@ class InputPipeline:
         shard = placement.shard(len(paths), evaluation)
         decoded = DecodedSplit([paths[i] for i in shard], [labels[i] for i in shard], preprocessing, image_size,
                                placement.device, name=name)
-        return DeviceBatches(decoded, batch_size, shuffle, BatchTransform(preprocessing, augment, placement.device))
+        return DeviceBatches(decoded, batch_size, shuffle, batch_transform(preprocessing, augment, placement.device))
