@@ -23,7 +23,7 @@ from torchvision.transforms.v2.functional import pil_to_tensor
 from torchvision.utils import make_grid
 
 from lightning_transfer.data import load_rgb
-from lightning_transfer.interpret import gradcam, image_batch, overlay
+from lightning_transfer.interpret import gradcam_overlays
 from lightning_transfer.utils.run_folder import run_folder
 
 
@@ -63,13 +63,8 @@ class GradCamLogger(Callback):
             self.paths = self._validation_paths(trainer)
         if not self.paths:
             return
-        size = pl_module.image_size
-        images = [load_rgb(path) for path in self.paths]
-        with torch.inference_mode(False):  # validation runs in inference mode; Grad-CAM needs gradients
-            heatmaps = gradcam(pl_module, image_batch(pl_module.backbone, images, size)).cpu()
-        tiles = [
-            pil_to_tensor(overlay(image.resize((size, size)), heatmap)) for image, heatmap in zip(images, heatmaps)
-        ]
+        overlays = gradcam_overlays(pl_module, [load_rgb(path) for path in self.paths])
+        tiles = [pil_to_tensor(overlaid) for _, overlaid in overlays]
         grid = make_grid(tiles, nrow=min(len(tiles), 4), padding=2, pad_value=255)
         self._log(trainer, grid, folder)
 

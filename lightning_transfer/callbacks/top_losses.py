@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from lightning_transfer.data import load_rgb
-from lightning_transfer.interpret import Classifier, gradcam, image_batch, overlay
+from lightning_transfer.interpret import Classifier, gradcam_overlays
 from lightning_transfer.utils.plotting import new_figure, save_figure
 
 PNG, CSV = "test_top_losses.png", "test_top_losses.csv"
@@ -64,13 +64,10 @@ def gradcam_tiles(model: Classifier, items: Sequence[TopLoss]) -> list[Image.Ima
     for start in range(0, len(items), GRADCAM_BATCH):
         chunk = items[start : start + GRADCAM_BATCH]
         images = [load_rgb(item.path) for item in chunk]
-        with torch.inference_mode(False):  # test runs in inference mode; Grad-CAM needs gradients
-            maps = gradcam(model, image_batch(model.backbone, images, size), [item.predicted for item in chunk])
-        for image, heatmap in zip(images, maps.cpu()):
-            shown = image.resize((size, size))
+        for shown, overlaid in gradcam_overlays(model, images, [item.predicted for item in chunk]):
             tile = Image.new("RGB", (2 * size, size))
             tile.paste(shown, (0, 0))
-            tile.paste(overlay(shown, heatmap), (size, 0))
+            tile.paste(overlaid, (size, 0))
             tiles.append(tile)
     return tiles
 

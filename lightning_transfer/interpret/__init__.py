@@ -18,6 +18,7 @@ from lightning_transfer.interpret.views import (
     ActivationView,
     GradCamView,
     activation_view,
+    gradcam_overlays,
     gradcam_view,
     predict_and_gradcam,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "filter_grid",
     "filter_patterns",
     "gradcam",
+    "gradcam_overlays",
     "gradcam_view",
     "image_batch",
     "layer_activations",

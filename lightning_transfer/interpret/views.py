@@ -72,6 +72,19 @@ def gradcam_view(model: Classifier, image: Image.Image, target: str | None = Non
     return GradCamView.render(image, model.class_names, probabilities[0], int(targets[0]), cams[0])
 
 
+def gradcam_overlays(
+    model: Classifier, images: Sequence[Image.Image], targets: Sequence[int] | None = None
+) -> list[tuple[Image.Image, Image.Image]]:
+    """Each image at the model's input size, and that image overlaid with its Grad-CAM for ``targets``
+    (None: the predicted classes). Also inside Lightning's validation and test, which run in
+    inference mode: Grad-CAM needs gradients."""
+    size = model.image_size
+    with torch.inference_mode(False):
+        maps = gradcam(model, image_batch(model.backbone, images, size), targets).cpu()
+    shown = [image.resize((size, size)) for image in images]
+    return [(image, overlay(image, heatmap)) for image, heatmap in zip(shown, maps)]
+
+
 @dataclass(frozen=True)
 class ActivationView:
     """One layer's activation for one image, ready to show."""
